@@ -1,0 +1,3 @@
+from agavefs.cli import main
+
+raise SystemExit(main())

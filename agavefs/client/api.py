@@ -1,0 +1,425 @@
+"""AgaveClient: the Agave v2 files, systems and profiles services.
+
+Design note
+-----------
+This is the only class the VFS talks to.  It knows HTTP and Agave and nothing of
+FUSE: every method takes a system path (absolute "/home/demo/x" or home-relative
+"x", see paths.py), returns plain records (models.py) and raises the exceptions of
+``agavefs.errors`` with the errno a filesystem call should report.
+
+Composition: ``Transport`` (sessions, retries, deadlines, logging) + ``TokenManager``
+(refresh, cross-process cache) + mixins for downloads (reading.py) and staging
+(staging.py).  Non-idempotent actions are made safe here, where their meaning is
+known:
+
+* ``mkdir`` is idempotent (200 "already exists"); when an earlier attempt may
+  have acted, "already exists" is reported as created.
+* ``rename``/``move`` are sent with the SAFE policy; after an ambiguous failure
+  the client checks whether the action already happened (target there, source
+  gone) before repeating it.  ``move`` is verified with listings even after a 200,
+  because the server sometimes answers 200 for a move that failed.
+* ``delete`` is retried; a 404 after an attempt that may have acted is success.
+* ``upload`` re-sends only when the server cannot have stored the body (see
+  transport.py); the deadline of an upload grows with its size (512 KiB/s floor).
+  An answer naming another file than the one sent is a ProtocolError at once
+  (waiting for the asked name would only end in LOST).
+
+Locks: ``_sys_lock`` guards the lazily resolved system id and system details.
+Everything else is either immutable after __init__ or owned by the components
+(each documents its own locks).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import warnings
+from datetime import datetime
+from urllib.parse import quote
+
+from requests_toolbelt import MultipartEncoder
+
+from agavefs.errors import (AgaveFSError, AlreadyExists, AuthError, InvalidArgument,
+                            NotADirectory, NotFound, ProtocolError, Transient)
+from agavefs.client.auth import TokenManager
+from agavefs.client.credentials import Credentials
+from agavefs.client.models import ClientStats, RemoteEntry, parse_entry, usable_name
+from agavefs.client.paging import PageCaps, collect
+from agavefs.client.paths import SysPath, check_name
+from agavefs.client.reading import ReadOps
+from agavefs.client.responses import Redactor, unwrap
+from agavefs.client.staging import StagingOps
+from agavefs.client.transport import IDEMPOTENT, SAFE, UPLOAD, Body, CountingReader, Transport
+
+LIST_PAGE = 500
+UPLOAD_MIN_RATE = 512 * 1024  # bytes/s assumed when sizing an upload's deadline
+
+_insecure_warned = False
+_insecure_lock = threading.Lock()
+
+
+def resolve_verify(ca_bundle: str | None, insecure: bool, log: logging.Logger):
+    """``verify=`` for requests: False (loudly), a CA file, or True (system CAs,
+    ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` applied by requests itself)."""
+    global _insecure_warned
+    if insecure:
+        with _insecure_lock:
+            if not _insecure_warned:
+                _insecure_warned = True
+                log.warning("TLS certificate verification is OFF (--insecure): anyone on the "
+                            "network path can read and change your data and steal your token")
+        import urllib3
+
+        warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+        return False
+    if ca_bundle:
+        if not os.path.isfile(ca_bundle):
+            raise InvalidArgument(f"CA bundle {ca_bundle} does not exist")
+        return ca_bundle
+    return True
+
+
+def _entry_key(raw: object):
+    return raw.get("name") if isinstance(raw, dict) else repr(raw)
+
+
+class AgaveClient(ReadOps, StagingOps):
+    def __init__(self, credentials: Credentials, *, system_id: str | None = None,
+                 ca_bundle: str | None = None, insecure: bool = False, workers: int = 8,
+                 connect_timeout: float = 10, read_timeout: float = 60, op_timeout: float = 30,
+                 logger: logging.Logger | None = None, page_size: int = LIST_PAGE):
+        if not credentials.baseurl:
+            raise AuthError("the credentials have no baseurl; log in with `agavefs login`")
+        self.credentials = credentials
+        self.log = logger or logging.getLogger("agavefs.client")
+        self.base_url = credentials.baseurl.rstrip("/")
+        self.page_size = max(2, int(page_size))
+        self.stats = ClientStats()
+        self.redact = Redactor()
+        self.transport = Transport(self.base_url, verify=resolve_verify(ca_bundle, insecure, self.log),
+                                   workers=workers, connect_timeout=connect_timeout,
+                                   read_timeout=read_timeout, op_timeout=op_timeout,
+                                   logger=self.log, stats=self.stats, redact=self.redact)
+        self.tokens = TokenManager(credentials, self.transport, logger=self.log)
+        self.transport.auth = self.tokens
+        self._sys_lock = threading.Lock()
+        self._system_id = system_id
+        self._systems: dict[str, dict] = {}
+        self._list_caps = PageCaps()
+        self._init_staging()
+
+    # -- plumbing ---------------------------------------------------------------------------
+    @property
+    def system_id(self) -> str:
+        if self._system_id is None:
+            with self._sys_lock:
+                if self._system_id is None:
+                    self._system_id = self._default_system()
+        return self._system_id
+
+    @property
+    def username(self) -> str:
+        return self.credentials.username
+
+    def _url(self, service: str, sp: SysPath) -> str:
+        return f"/files/v2/{service}/system/{quote(self.system_id, safe='')}{sp.url_part()}"
+
+    @staticmethod
+    def _label(sp: SysPath) -> str:
+        return str(sp) or "~"
+
+    def _get_json(self, path: str, kind: str, label: str, params=None, deadline=None):
+        resp = self.transport.request("GET", path, kind=kind, label=label, params=params,
+                                      deadline=deadline)
+        return unwrap(resp.content, f"GET {label}")
+
+    def _media_get(self, sp: SysPath, headers: dict):
+        return self.transport.request("GET", self._url("media", sp), kind="read",
+                                      label=self._label(sp), headers=headers, stream=True,
+                                      passthrough=(416,))
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self) -> "AgaveClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def token_expires_at(self) -> datetime | None:
+        return self.tokens.expires_at()
+
+    # -- profile and systems -------------------------------------------------------------
+    def profile(self) -> dict:
+        result = self._get_json("/profiles/v2/me", "profile", "/profiles/v2/me")
+        if not isinstance(result, dict):
+            raise ProtocolError("GET /profiles/v2/me: the result is not an object")
+        return result
+
+    def systems(self, **filters) -> list[dict]:
+        params = {k: ("true" if v is True else "false" if v is False else v)
+                  for k, v in filters.items()}
+        result = self._get_json("/systems/v2", "system", "/systems/v2", params=params or None)
+        if result is None:
+            return []
+        if not isinstance(result, list):
+            raise ProtocolError("GET /systems/v2: the result is not a list")
+        return [s for s in result if isinstance(s, dict)]
+
+    def _default_system(self) -> str:
+        for filters in ({"type": "STORAGE", "default": True}, {"type": "STORAGE"}):
+            for s in self.systems(**filters):
+                if isinstance(s.get("id"), str) and str(s.get("type", "STORAGE")).upper() == "STORAGE":
+                    self.log.info("using storage system %s", s["id"])
+                    return s["id"]
+        raise NotFound("no storage system is available to this user")
+
+    def system(self, system_id: str | None = None) -> dict:
+        sid = system_id or self.system_id
+        with self._sys_lock:
+            cached = self._systems.get(sid)
+        if cached is not None:
+            return cached
+        result = self._get_json("/systems/v2/" + quote(sid, safe=""), "system", f"/systems/v2/{sid}")
+        if not isinstance(result, dict):
+            raise ProtocolError(f"GET /systems/v2/{sid}: the result is not an object")
+        with self._sys_lock:
+            self._systems[sid] = result
+        return result
+
+    def home_dir(self) -> str:
+        """Absolute system path of the system's homeDir (e.g. "/home")."""
+        storage = self.system().get("storage")
+        home = storage.get("homeDir") if isinstance(storage, dict) else None
+        if not isinstance(home, str):
+            return "/"
+        return str(SysPath.parse("/" + home.strip("/"))) if home.strip("/") else "/"
+
+    # -- listings ---------------------------------------------------------------------------
+    def _list_fetcher(self, sp: SysPath, kind: str, deadline=None):
+        url, label = self._url("listings", sp), self._label(sp)
+
+        def fetch(offset: int, limit: int) -> list:
+            resp = self.transport.request("GET", url, kind=kind, label=label,
+                                          params={"offset": offset, "limit": limit},
+                                          deadline=deadline)
+            result = unwrap(resp.content, f"GET {label}")
+            if not isinstance(result, list):
+                raise ProtocolError(f"GET {label}: the listing is not a list")
+            return result
+
+        return fetch
+
+    def _self_entry(self, sp: SysPath, raw: object) -> RemoteEntry:
+        entry = parse_entry(raw, fallback_path=str(sp) if sp.absolute else None)
+        path = str(sp) if sp.absolute else entry.path
+        name = sp.name or path.rstrip("/").rsplit("/", 1)[-1] or "/"
+        return entry.renamed(name, path or "/")
+
+    def stat(self, path: str, *, deadline: float | None = None) -> RemoteEntry:
+        """One listing request (limit=1): the file, or the directory itself."""
+        sp = SysPath.parse(path)
+        page = self._list_fetcher(sp, "stat", deadline)(0, 1)
+        if not page:
+            raise ProtocolError(f"GET {self._label(sp)}: empty listing")
+        return self._self_entry(sp, page[0])
+
+    def list(self, path: str) -> tuple[RemoteEntry, list[RemoteEntry]]:
+        """(the directory itself, its children) over all pages."""
+        sp = SysPath.parse(path)
+        raw = collect(self._list_fetcher(sp, "list"), self._list_caps, self.page_size, key=_entry_key)
+        if not raw:
+            raise ProtocolError(f"GET {self._label(sp)}: empty listing")
+        me = self._self_entry(sp, raw[0])
+        if not me.is_dir:
+            raise NotADirectory(f"list {self._label(sp)}: not a directory")
+        base = me.path.rstrip("/")
+        children: list[RemoteEntry] = []
+        names: set[str] = set()
+        dropped = 0
+        for item in raw[1:]:
+            entry = parse_entry(item, fallback_path="/")
+            if not usable_name(entry.name) or entry.name in names:
+                dropped += 1
+                continue
+            names.add(entry.name)
+            children.append(entry.renamed(entry.name, f"{base}/{entry.name}"))
+        if dropped:
+            self.log.warning("listing of %s: ignored %d entries with unusable or repeated names",
+                             self._label(sp), dropped)
+        return me, children
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.stat(path)
+            return True
+        except NotFound:
+            return False
+
+    # -- changes ------------------------------------------------------------------------------
+    def _manage(self, sp: SysPath, form: dict, retry: str, label: str, deadline=None):
+        return self.transport.request("PUT", self._url("media", sp), kind="manage", label=label,
+                                      data=form, retry=retry, deadline=deadline)
+
+    def mkdir(self, path: str) -> bool:
+        """True when created, False when a directory was already there."""
+        sp = SysPath.parse(path)
+        if sp.is_top:
+            return False
+        label = self._label(sp)
+        try:
+            resp = self._manage(sp.parent(), {"action": "mkdir", "path": sp.name}, IDEMPOTENT, label)
+        except AgaveFSError as exc:
+            if exc.status != 400:
+                raise
+            try:
+                entry = self.stat(str(sp))
+            except NotFound:
+                raise exc from None
+            if not entry.is_dir:
+                raise AlreadyExists(f"mkdir {label}: a file is in the way", status=400) from None
+            return bool(getattr(exc, "maybe_acted", False))
+        if resp.status_code == 201:
+            return True
+        message = self._message(resp)
+        if "exist" in message.lower():
+            return bool(getattr(resp, "maybe_acted", False))
+        return True
+
+    @staticmethod
+    def _message(resp) -> str:
+        try:
+            data = resp.json()
+        except ValueError:
+            return ""
+        return data.get("message", "") if isinstance(data, dict) and isinstance(
+            data.get("message"), str) else ""
+
+    def _once(self, act, done, what: str) -> None:
+        """Run a non-idempotent action; after an ambiguous failure ask ``done()``
+        before repeating it."""
+        deadline = self.transport.deadline()
+        unsure = False
+        delay = 0.1
+        while True:
+            try:
+                act(deadline)
+                return
+            except Transient as exc:
+                if not getattr(exc, "ambiguous", False) or time.monotonic() >= deadline:
+                    raise
+                unsure = True
+                self.log.info("%s: outcome unknown (%s); checking", what, exc.message)
+            except (AlreadyExists, NotFound):
+                if unsure and done():
+                    return
+                raise
+            try:
+                if done():
+                    self.log.info("%s: it had happened", what)
+                    return
+            except Transient:
+                pass
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(2.0, delay * 2)
+
+    def rename(self, path: str, new_name: str) -> None:
+        """Rename within the same directory (400 "exists" -> AlreadyExists)."""
+        sp = SysPath.parse(path)
+        check_name(new_name)
+        if sp.is_top:
+            raise InvalidArgument("cannot rename the root or home directory")
+        target = sp.parent().child(new_name)
+        label = self._label(sp)
+        self._once(lambda d: self._manage(sp, {"action": "rename", "path": new_name}, SAFE,
+                                          label, d),
+                   lambda: self.exists(str(target)) and not self.exists(str(sp)),
+                   f"rename {label} -> {new_name}")
+        self._forget_history(str(sp))
+
+    def move(self, path: str, dest_path: str) -> None:
+        """Move to ``dest_path`` (a full path), verified with listings."""
+        src, dst = SysPath.parse(path), SysPath.parse(dest_path)
+        if src.is_top or dst.is_top:
+            raise InvalidArgument("cannot move the root or home directory")
+        label = f"{self._label(src)} -> {dst}"
+
+        def done() -> bool:
+            return self.exists(str(dst)) and not self.exists(str(src))
+
+        for attempt in range(3):
+            self._once(lambda d: self._manage(src, {"action": "move", "path": str(dst)}, SAFE,
+                                              f"move {label}", d), done, f"move {label}")
+            for _ in range(5):
+                if done():
+                    self._forget_history(str(src))
+                    return
+                time.sleep(0.1)
+            self.log.info("move %s: answered success but did not happen; again", label)
+            if not self.exists(str(src)):
+                break
+        raise Transient(f"PUT move {label}: the server reported success but the move did not "
+                        f"happen")
+
+    def copy(self, path: str, dest_path: str) -> None:
+        src, dst = SysPath.parse(path), SysPath.parse(dest_path)
+        if dst.is_top:
+            raise InvalidArgument("cannot copy onto the root or home directory")
+        self._manage(src, {"action": "copy", "path": str(dst)}, IDEMPOTENT,
+                     f"copy {self._label(src)} -> {dst}")
+
+    def delete(self, path: str) -> None:
+        """Delete (recursively for a directory)."""
+        sp = SysPath.parse(path)
+        if sp.is_top:
+            raise InvalidArgument("refusing to delete the root or home directory")
+        try:
+            self.transport.request("DELETE", self._url("media", sp), kind="delete",
+                                   label=self._label(sp))
+        except NotFound as exc:
+            if not getattr(exc, "maybe_acted", False):
+                raise
+        self._forget_history(str(sp))
+
+    # -- upload ----------------------------------------------------------------------------
+    def upload(self, local_path: str, remote_dir: str, name: str, *, progress=None) -> dict:
+        """Stream ``local_path`` to ``remote_dir/name`` (multipart, constant memory).
+
+        Returns Agave's result (status STAGING_QUEUED): the bytes are *not* stored
+        yet; use ``wait_staged``.  ``progress(sent, total)`` is called as it goes.
+        """
+        d = SysPath.parse(remote_dir)
+        check_name(name)
+        size = os.stat(local_path).st_size
+        label = self._label(d.child(name))
+
+        def body() -> Body:
+            f = open(local_path, "rb")
+            try:
+                enc = MultipartEncoder(fields=[
+                    ("fileName", name),
+                    ("fileToUpload", (name, f, "application/octet-stream")),
+                ])
+                reader = CountingReader(enc, enc.len, progress, self.stats)
+            except BaseException:
+                f.close()
+                raise
+            return Body(reader, {"Content-Type": enc.content_type}, reader, f.close)
+
+        deadline = self.transport.deadline(self.transport.op_timeout + size / UPLOAD_MIN_RATE)
+        resp = self.transport.request("POST", self._url("media", d), kind="upload", label=label,
+                                      body=body, retry=UPLOAD, deadline=deadline)
+        result = unwrap(resp.content, f"POST {label}")
+        if result is None:
+            result = {}
+        if not isinstance(result, dict):
+            raise ProtocolError(f"POST {label}: the upload answer is not an object")
+        stored = result.get("name")
+        if isinstance(stored, str) and stored != name:
+            # waiting for `name` would never end: fail early and say why
+            raise ProtocolError(f"POST {label}: the server stored the upload under another "
+                                f"name ({stored!r})")
+        return result

@@ -1,0 +1,195 @@
+"""Paging over Agave's ``offset``/``limit`` collections (listings, history).
+
+Design note
+-----------
+The server pages a *virtual* list (for listings: [self, child0, child1, ...]) and
+recomputes it on every request: there is no snapshot (agave-api.md section 3).  The
+rule "page until a page is shorter than ``limit``" fails on a server that caps
+``limit`` (a cap of 7 returns 7 entries for limit=100), and plain offsets skip or
+repeat entries when the directory changes between pages.  So:
+
+* :class:`PageCaps` remembers, per endpoint and for the client's life, what the
+  server has shown: the longest page ever returned (``max_seen``) and a confirmed
+  cap (``cap``: a page shorter than asked that was followed by more data).  A short
+  page of length n is the end when n == 0, or n < max_seen and n != cap (the server
+  has returned longer pages, so n is not its cap).  Otherwise the page is
+  *ambiguous* and one more page is requested: an empty answer ends the listing,
+  data confirms the cap.  A fresh client therefore pays one extra small request per
+  listing until it has seen a page as long as the one in hand; afterwards short
+  pages end listings immediately.
+* Every page after the first (except a probe after an ambiguous page) starts one
+  element early (``offset - 1``): that element must be the one that ended the
+  previous page.  If it is not, the list
+  shifted under us (an entry was added or removed before our offset) and the
+  collection restarts from 0 (at most 3 times; then it continues without the check
+  and relies on de-duplication).  A page that adds nothing new ends the loop, so a
+  server that ignores ``offset`` cannot make it spin.
+
+Locks: ``PageCaps._lock`` protects ``max_seen`` and ``cap``.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Hashable
+
+from agavefs.errors import ProtocolError
+
+MAX_PAGES = 100_000
+MAX_RESTARTS = 3
+
+
+class PageCaps:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.max_seen = 0
+        self.cap: int | None = None
+
+    def maybe_more(self, n: int, limit: int) -> tuple[bool, bool]:
+        """(more pages may follow, this page was ambiguous) after a page of n items."""
+        with self._lock:
+            prior = self.max_seen
+            self.max_seen = max(prior, n)
+            if n <= 0:
+                return False, False
+            if n >= limit:
+                return True, False
+            if self.cap is not None and n >= self.cap:
+                return True, False
+            if n < prior:
+                return False, False
+            return True, True
+
+    def confirm_cap(self, n: int) -> None:
+        with self._lock:
+            self.cap = n if self.cap is None else max(self.cap, n)
+
+
+def collect(fetch: Callable[[int, int], list], caps: PageCaps, limit: int,
+            key: Callable[[object], Hashable], start: int = 0, dedupe: bool = True) -> list:
+    """Every item from index ``start`` to the end of the collection, in order.
+
+    ``fetch(offset, limit)`` returns one page (a list).  With ``dedupe`` items are
+    de-duplicated by ``key`` (the first occurrence wins; listings); without it
+    (history, where two identical events are legitimate) a page identical to the
+    previous one ends the loop instead.
+    """
+    restarts = 0
+    check_overlap = True
+    while True:
+        items: list = []
+        seen: set = set()
+        offset = start
+        prev_last = None
+        prev_keys: list | None = None
+        ambiguous_len: int | None = None
+        restart = False
+        for _ in range(MAX_PAGES):
+            # the page after an ambiguous one is only a probe: no overlap (an empty
+            # answer ends the listing in one request); nor with a cap of one item
+            overlap = (check_overlap and offset > start and prev_last is not None
+                       and ambiguous_len is None and (caps.cap is None or caps.cap > 1))
+            page = fetch(offset - 1 if overlap else offset, limit)
+            if not isinstance(page, list):
+                raise ProtocolError("a page of results is not a list")
+            n = len(page)
+            body = page
+            if overlap:
+                if n == 0 or key(page[0]) != key(prev_last):
+                    restart = True
+                    break
+                body = page[1:]
+                if n == 1 and caps.max_seen <= 1:
+                    # a server capping pages at one item can only be paged without
+                    # the overlap; ask for the next item itself
+                    check_overlap = False
+                    page = fetch(offset, limit)
+                    if not isinstance(page, list):
+                        raise ProtocolError("a page of results is not a list")
+                    n = len(page)
+                    body = page
+            if ambiguous_len is not None and body:
+                caps.confirm_cap(ambiguous_len)
+            if not body:
+                break
+            added = 0
+            if dedupe:
+                for item in body:
+                    k = key(item)
+                    if k not in seen:
+                        seen.add(k)
+                        items.append(item)
+                        added += 1
+            else:
+                keys = [key(item) for item in body]
+                if keys != prev_keys:
+                    items.extend(body)
+                    added = len(body)
+                prev_keys = keys
+            offset += len(body)
+            prev_last = page[-1]
+            more, ambiguous = caps.maybe_more(n, limit)
+            if not more or added == 0:
+                break
+            ambiguous_len = n if ambiguous else None
+        if not restart:
+            return items
+        restarts += 1
+        if restarts >= MAX_RESTARTS:
+            check_overlap = False
+
+
+def collect_range(fetch: Callable[[int, int], list], start: int, stop: int, limit: int) -> list:
+    """Items ``start``..``stop - 1`` of a collection whose length is known to be >= stop."""
+    out: list = []
+    offset = start
+    while offset < stop:
+        page = fetch(offset, min(limit, stop - offset))
+        if not isinstance(page, list):
+            raise ProtocolError("a page of results is not a list")
+        if not page:
+            break
+        page = page[: stop - offset]
+        out.extend(page)
+        offset += len(page)
+    return out
+
+
+def count_items(fetch: Callable[[int, int], list], caps: PageCaps, limit: int) -> tuple[int, list]:
+    """(length of the collection, its first page).
+
+    One page, then - only when more may follow - one-item probes: an exponential
+    search past the first page and a binary search for the end, so a history of n
+    events costs O(log n) small requests instead of n / page-size pages.
+    """
+    first = fetch(0, limit)
+    if not isinstance(first, list):
+        raise ProtocolError("a page of results is not a list")
+    n = len(first)
+    more, _ = caps.maybe_more(n, limit)
+    if not more:
+        return n, first
+
+    def exists(i: int) -> bool:
+        page = fetch(i, 1)
+        if not isinstance(page, list):
+            raise ProtocolError("a page of results is not a list")
+        return bool(page)
+
+    if not exists(n):
+        return n, first
+    if n < limit:
+        caps.confirm_cap(n)  # a short first page with more behind it: the server's cap
+    known = n  # exists(known) is true
+    step = max(limit, n, 1)
+    while exists(known + step):
+        known += step
+        step *= 2
+    lo, hi = known + 1, known + step  # exists(lo - 1), not exists(hi)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if exists(mid):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo, first

@@ -1,0 +1,275 @@
+"""The mount daemon: composition of client, backend, VFS and FUSE adapter.
+
+Design note
+-----------
+The FUSE loop (mfusepy's ``FUSE``, which blocks in libfuse) runs in a thread of its
+own so that the main thread keeps Python's signal handling: SIGINT, SIGTERM and
+SIGHUP are installed before libfuse starts (libfuse only takes over signals that
+are still at their default), and on any of them the main thread drains the upload
+queue while the mount keeps serving, then unmounts with ``fusermount3 -u``.
+``auto_unmount`` makes the kernel-side mount go away if the process is killed.
+
+Readiness (the mount is live when libfuse calls ``init``) is reported to the
+``agavefs mount`` parent through ``--ready-fd`` and to systemd through
+``$NOTIFY_SOCKET`` (``Type=notify``).  Errors before that are one sentence on the
+same pipe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from agavefs import control, logs
+from agavefs.errors import AgaveFSError, AuthError
+
+log = logging.getLogger("agavefs.mount")
+
+
+def _notify_systemd(message: str) -> None:
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(address)
+            s.sendall(message.encode())
+    except OSError as exc:
+        log.warning("could not notify systemd: %s", exc)
+
+
+class _Ready:
+    def __init__(self, fd: int | None):
+        self.fd = fd
+        self.event = threading.Event()
+
+    def say(self, text: str) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, text.encode() + b"\n")
+            os.close(self.fd)
+        except OSError:
+            pass
+        self.fd = None
+
+
+def default_cache_dir(username: str, base_url: str, system: str, root: str) -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    key = hashlib.sha256(f"{base_url}\0{username}\0{system}\0{root}".encode()).hexdigest()[:16]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{system}{root}").strip("_")[:60]
+    return os.path.join(base, "agavefs", f"{slug}-{key}")
+
+
+def _lock_cache_dir(path: str):
+    import fcntl
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    f = open(os.path.join(path, "lock"), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f
+
+
+def _raise_readahead(mountpoint: str, kib: int = 1024) -> None:
+    """Larger kernel read requests (root only): /sys/class/bdi/<dev>/read_ahead_kb."""
+    try:
+        dev = os.stat(mountpoint).st_dev
+        path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+        with open(path, "w") as f:
+            f.write(str(kib))
+        log.info("kernel read-ahead of the mount raised to %d KiB", kib)
+    except OSError:
+        pass
+
+
+def _unmount(mountpoint: str, lazy_after: float = 10.0) -> None:
+    fusermount = shutil.which("fusermount3") or "fusermount3"
+    deadline = time.monotonic() + lazy_after
+    while True:
+        r = subprocess.run([fusermount, "-u", mountpoint], capture_output=True, text=True)
+        if r.returncode == 0 or not os.path.ismount(mountpoint):
+            return
+        if time.monotonic() > deadline:
+            log.warning("%s is busy; unmounting lazily", mountpoint)
+            subprocess.run([fusermount, "-uz", mountpoint], capture_output=True)
+            return
+        time.sleep(0.5)
+
+
+def build_vfs(args, system, path):
+    """Credentials -> client -> backend -> VFS.  Returns (vfs, backend, info)."""
+    from agavefs.client import AgaveClient, Credentials
+    from agavefs.vfs.agave_backend import AgaveBackend, resolve_root
+    from agavefs.vfs.core import VFS
+    from agavefs.vfs.options import Options
+
+    creds = Credentials.load(args.agave_cache_dir)
+    workers = 16 + args.upload_workers
+    client = AgaveClient(creds, system_id=system, ca_bundle=args.ca_bundle, insecure=args.insecure,
+                         workers=workers, op_timeout=args.op_timeout)
+    root = resolve_root(client, path)
+    backend = AgaveBackend(client, root)
+    me = backend.stat("/")
+    if not me.is_dir:
+        raise AgaveFSError(f"{client.system_id}:{root} is a file, not a folder")
+    cache_dir = args.cache_dir or default_cache_dir(creds.username, client.base_url, client.system_id, root)
+    opts = Options(attr_ttl=args.attr_ttl, dir_ttl=args.dir_ttl, negative_ttl=args.negative_ttl,
+                   uid=args.uid, gid=args.gid, umask=args.umask, read_only=args.read_only,
+                   strict=args.strict, cache_dir=cache_dir, cache_max_size=args.cache_max_size,
+                   upload_workers=args.upload_workers, sync_close=args.sync_close,
+                   staging_timeout=args.staging_timeout, op_timeout=args.op_timeout)
+    lock = _lock_cache_dir(cache_dir)
+    if lock is None:  # another daemon owns it: use a private spool, no shared journal
+        cache_dir = os.path.join(cache_dir, f"pid-{os.getpid()}")
+        lock = _lock_cache_dir(cache_dir)
+        opts.cache_dir = cache_dir
+    vfs = VFS(backend, opts, cache_dir)
+    vfs.lock_file = lock
+    info = {"system": client.system_id, "path": root, "base_url": client.base_url,
+            "username": creds.username, "cache_dir": cache_dir}
+    return vfs, backend, info
+
+
+def fuse_options(args, info: dict, extra: list[str]) -> dict:
+    kw = {
+        "fsname": f"agavefs#{info['system']}:{info['path']}",
+        "subtype": "agavefs",
+        "auto_unmount": True,
+        "attr_timeout": args.attr_ttl,
+        "entry_timeout": args.attr_ttl,
+        "negative_timeout": min(args.negative_ttl, args.attr_ttl),
+        "auto_cache": True,
+        "default_permissions": True,
+        "max_threads": 16,
+        "noatime": True,
+    }
+    if args.read_only:
+        kw["ro"] = True
+    if args.allow_other:
+        kw["allow_other"] = True
+    for word in extra:
+        key, _, value = word.partition("=")
+        kw[key] = value if value else True
+    return kw
+
+
+def run_daemon(args, system, path, mountpoint, extra_fuse_opts) -> int:
+    logs.setup(args.verbose, args.log_file, args.log_json)
+    ready = _Ready(args.ready_fd)
+    try:
+        vfs, backend, info = build_vfs(args, system, path)
+    except AuthError as exc:
+        ready.say(str(exc) or "not logged in: run 'agavefs login --base-url URL --username NAME'")
+        log.error("%s", exc)
+        return 1
+    except AgaveFSError as exc:
+        ready.say(f"cannot mount: {exc}")
+        log.error("cannot mount: %s", exc)
+        return 1
+    except FileNotFoundError as exc:
+        msg = f"not logged in ({exc.filename or exc}): run 'agavefs login --base-url URL --username NAME'"
+        ready.say(msg)
+        log.error("%s", msg)
+        return 1
+
+    from agavefs.fuse_ops import AgaveFUSE, AgaveOperations
+
+    recovered = vfs.recover()
+    if recovered:
+        log.warning("finishing %d uploads left by an earlier mount", recovered)
+    started = time.time()
+    state = {"force": False, "stop": False}
+    ops = AgaveOperations(vfs, on_init=ready.event.set)
+
+    def status(write):
+        s = vfs.status()
+        s.update(info)
+        s.update({"mountpoint": mountpoint, "pid": os.getpid(), "started": started,
+                  "uptime": round(time.time() - started, 1), "backend": backend.status()})
+        write(s)
+
+    def drain(write):
+        vfs.drain(lambda files, size: write({"files": files, "bytes": size}), None)
+        write({"done": True})
+
+    def force(write):
+        state["force"] = True
+        write({"ok": True})
+
+    ctl = control.ControlServer(mountpoint, dict(info, mountpoint=mountpoint, pid=os.getpid(),
+                                                 started=started),
+                                {"status": status, "drain": drain, "force": force})
+
+    def on_signal(signum, frame):
+        state["stop"] = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+    error: list[BaseException] = []
+
+    def run_fuse():
+        try:
+            AgaveFUSE(ops, mountpoint, foreground=True, **fuse_options(args, info, extra_fuse_opts))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            error.append(exc)
+            ready.event.set()
+
+    thread = threading.Thread(target=run_fuse, name="agavefs-fuse", daemon=True)
+    thread.start()
+    while not ready.event.wait(0.2):
+        if not thread.is_alive():
+            break
+    if error or not thread.is_alive():
+        msg = f"FUSE could not mount {mountpoint}: {error[0] if error else 'libfuse exited'}"
+        ready.say(msg + " (is fuse3 installed and /dev/fuse usable?)")
+        log.error("%s", msg)
+        ctl.close()
+        vfs.close()
+        return 1
+    _raise_readahead(mountpoint)
+    log.info("mounted %s on %s", info["fsname"] if "fsname" in info else
+             f"{info['system']}:{info['path']}", mountpoint)
+    ready.say("READY")
+    _notify_systemd("READY=1\nSTATUS=mounted")
+
+    while thread.is_alive():
+        thread.join(0.25)
+        if state["stop"]:
+            state["stop"] = False
+            _notify_systemd("STOPPING=1")
+            if not state["force"]:
+                _drain(vfs)
+            _unmount(mountpoint)
+    if not state["force"]:
+        _drain(vfs)
+    ctl.close()
+    vfs.close()
+    left = len(vfs.writeback.pending())
+    if left:
+        log.warning("%d uploads left in %s; the next mount finishes them", left, vfs.store.root)
+    return 0
+
+
+def _drain(vfs) -> None:
+    def progress(files, size):
+        if files:
+            log.warning("waiting for %d files (%.1f MiB) to reach the server", files, size / 2**20)
+    vfs.drain(progress, None)
+
+
+__all__ = ["run_daemon", "default_cache_dir", "Path"]

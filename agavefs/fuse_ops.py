@@ -1,0 +1,224 @@
+"""The thin FUSE adapter: mfusepy (libfuse3) callbacks -> VFS calls, exceptions -> errnos.
+
+Design note: this module holds no state of its own and knows nothing of HTTP.  Each
+callback traces itself at debug level, calls the VFS and maps any exception to an
+errno (``agavefs.errors.to_errno``); nothing escapes as EINVAL or kills the mount.
+What is here beyond translation is libfuse plumbing:
+
+* ``AgaveFUSE.readdir_fuse_3`` fills full attributes with non-zero offsets and
+  FUSE_FILL_DIR_PLUS when the kernel asks for READDIRPLUS, so ``ls -l`` needs no
+  getattr upcall per entry (mfusepy passes only the file type).
+* ``utimens`` decodes UTIME_NOW / UTIME_OMIT, which arrive as raw nanosecond values.
+* Extended attributes, links, mknod and locks are left unimplemented: mfusepy then
+  does not register them and the kernel learns ENOSYS once (xattrs) or answers
+  EPERM itself (links).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import logging
+import os
+import stat as st
+import time
+
+os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
+
+import mfusepy as fuse  # noqa: E402  (needs FUSE_LIBRARY_NAME first)
+
+from agavefs.errors import to_errno  # noqa: E402
+
+log = logging.getLogger("agavefs.fuse")
+
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+FUSE_READDIR_PLUS = 1
+FUSE_FILL_DIR_PLUS = 2
+
+
+def _to_ns(attrs: dict) -> dict:
+    out = dict(attrs)
+    for key in ("st_mtime", "st_ctime", "st_atime"):
+        if key in out:
+            out[key] = int(out[key] * 1e9)
+    return out
+
+
+def translated(method):
+    """Run a callback, log it at debug level, and turn every exception into an errno."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def wrapper(self, *args):
+        start = time.monotonic()
+        try:
+            result = method(self, *args)
+        except fuse.FuseOSError as exc:
+            self._trace(name, args, exc.errno, start)
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an errno
+            code = to_errno(exc)
+            if code == errno.EIO and not hasattr(exc, "errno"):
+                log.exception("%s%r failed", name, args[:1])
+            elif code not in (errno.ENOENT,):
+                log.info("%s %s: %s", name, args[0] if args else "", exc)
+            self._trace(name, args, code, start)
+            raise fuse.FuseOSError(code) from None
+        self._trace(name, args, 0, start)
+        return result
+
+    return wrapper
+
+
+class AgaveOperations(fuse.Operations):
+    use_ns = True
+
+    def __init__(self, vfs, on_init=None):
+        self.vfs = vfs
+        self._on_init = on_init
+
+    def _trace(self, name: str, args: tuple, code: int, start: float) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            ms = (time.monotonic() - start) * 1000
+            what = args[0] if args and isinstance(args[0], str) else ""
+            log.debug("fuse %s %s -> %s (%.1f ms)", name, what, errno.errorcode.get(code, code) if code else "ok", ms)
+
+    # -- lifecycle -------------------------------------------------------------
+    def init_with_config(self, conn_info, config_3) -> None:
+        if self._on_init is not None:
+            self._on_init()
+
+    def destroy(self, path) -> None:
+        log.info("filesystem unmounted")
+
+    # -- metadata --------------------------------------------------------------
+    @translated
+    def getattr(self, path, fh=None):
+        return _to_ns(self.vfs.getattr(path, fh))
+
+    @translated
+    def opendir(self, path):
+        return self.vfs.opendir(path)
+
+    @translated
+    def readdir(self, path, fh):
+        return [name for name, _ in self.vfs.readdir_handle(fh)]
+
+    @translated
+    def readdir_entries(self, fh):
+        return self.vfs.readdir_handle(fh)
+
+    @translated
+    def releasedir(self, path, fh):
+        self.vfs.releasedir(fh)
+
+    @translated
+    def statfs(self, path):
+        return self.vfs.statfs()
+
+    @translated
+    def chmod(self, path, mode):
+        self.vfs.chmod(path, mode)
+
+    @translated
+    def chown(self, path, uid, gid):
+        self.vfs.chown(path, uid, gid)
+
+    @translated
+    def utimens(self, path, times=None):
+        mtime = time.time()
+        if times is not None:
+            m = times[1]
+            if m == UTIME_OMIT:
+                mtime = None
+            elif m != UTIME_NOW:
+                mtime = m / 1e9
+        self.vfs.utimens(path, mtime)
+
+    # -- namespace -------------------------------------------------------------
+    @translated
+    def mkdir(self, path, mode):
+        self.vfs.mkdir(path)
+
+    @translated
+    def rmdir(self, path):
+        self.vfs.rmdir(path)
+
+    @translated
+    def unlink(self, path):
+        self.vfs.unlink(path)
+
+    @translated
+    def rename(self, old, new):
+        self.vfs.rename(old, new)
+
+    @translated
+    def symlink(self, target, source):
+        raise fuse.FuseOSError(errno.EPERM)
+
+    @translated
+    def link(self, target, source):
+        raise fuse.FuseOSError(errno.EPERM)
+
+    @translated
+    def mknod(self, path, mode, dev):
+        if not st.S_ISREG(mode):
+            raise fuse.FuseOSError(errno.EPERM)
+        self.vfs.release(self.vfs.create(path, mode))
+
+    # -- files -----------------------------------------------------------------
+    @translated
+    def create(self, path, mode, flags=None):
+        return self.vfs.create(path, mode)
+
+    @translated
+    def open(self, path, flags):
+        return self.vfs.open(path, flags)
+
+    @translated
+    def read(self, path, size, offset, fh):
+        return self.vfs.read(fh, offset, size)
+
+    @translated
+    def write(self, path, data, offset, fh):
+        return self.vfs.write(fh, data, offset)
+
+    @translated
+    def truncate(self, path, length, fh=None):
+        self.vfs.truncate(path, length, fh)
+
+    @translated
+    def flush(self, path, fh):
+        self.vfs.flush(fh)
+
+    @translated
+    def fsync(self, path, datasync, fh):
+        self.vfs.fsync(fh)
+
+    @translated
+    def release(self, path, fh):
+        self.vfs.release(fh)
+
+
+class AgaveFUSE(fuse.FUSE):
+    """mfusepy's FUSE with a READDIRPLUS-aware readdir (see the module note)."""
+
+    def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
+        entries = self.operations.readdir_entries(fip.contents.fh)
+        plus = flags & FUSE_READDIR_PLUS
+        stat = fuse.c_stat()
+        for index in range(offset, len(entries)):
+            name, attrs = entries[index]
+            ctypes.memset(ctypes.byref(stat), 0, ctypes.sizeof(stat))
+            fill = 0
+            if attrs is None:
+                stat.st_mode = st.S_IFDIR
+            else:
+                fuse.set_st_attrs(stat, _to_ns(attrs), use_ns=True)
+                if plus and name not in (".", ".."):
+                    fill = FUSE_FILL_DIR_PLUS
+            if filler(buf, name.encode(self.encoding, self.errors), stat, index + 1, fill) != 0:
+                break
+        return 0

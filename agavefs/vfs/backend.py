@@ -1,0 +1,74 @@
+"""The small storage interface the VFS stands on.
+
+Design note: the VFS knows files, directories and a slow, asynchronous upload, but
+nothing of HTTP, URLs or Agave's JSON.  Everything it needs from a storage service is
+the ``Backend`` protocol below, in paths relative to the mount root ("/" is the
+mount root, "/a/b.txt" a file in it).  ``agave_backend.AgaveBackend`` implements it
+over ``agavefs.client``; a Tapis v3 backend (synchronous upload) would implement the
+same methods with ``synchronous_upload = True`` so that the VFS skips waiting for
+staging.
+
+Errors are ``agavefs.errors`` exceptions: each carries the errno to report.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What the VFS knows of a remote file or directory."""
+
+    name: str
+    is_dir: bool
+    size: int
+    mtime: float  # seconds since the epoch
+    readable: bool = True
+    writable: bool = True
+
+
+class Staging(enum.Enum):
+    """One observation of an asynchronous upload."""
+
+    STORED = "stored"  # the server has the bytes, size checked
+    PENDING = "pending"  # still queued or copying
+    FAILED = "failed"  # the server says the staging job failed
+    LOST = "lost"  # nothing moved for too long: upload again
+
+
+class ReadStream(Protocol):
+    def read(self, n: int) -> bytes: ...  # short only at the end
+
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    synchronous_upload: bool
+
+    def stat(self, path: str) -> Entry: ...
+
+    def list(self, path: str) -> tuple[Entry, list[Entry]]: ...
+
+    def read(self, path: str, offset: int, size: int, file_size: int | None = None) -> bytes: ...
+
+    def open_stream(self, path: str, offset: int, file_size: int | None = None) -> ReadStream: ...
+
+    def upload(self, local_path: str, dir_path: str, name: str) -> None: ...
+
+    def staging_state(self, path: str, size: int) -> tuple[Staging, object]:
+        """(state, progress) of the newest upload to ``path``; ``progress`` is any
+        value that changes whenever the staging moved (a new event, a new length)."""
+        ...
+
+    def mkdir(self, path: str) -> bool: ...
+
+    def rename(self, path: str, new_name: str) -> None: ...
+
+    def move(self, path: str, dest_path: str) -> None: ...
+
+    def delete(self, path: str) -> None: ...
+
+    def status(self) -> dict: ...

@@ -1,0 +1,174 @@
+"""Metadata cache: directory listings, per-path attributes, negative entries.
+
+Design note
+-----------
+* ``listings``: dir path -> ``Listing`` (children by name, fetch time).  Filled by
+  ``readdir`` from the listing response, so ``ls -l`` costs only the listing pages:
+  every child's attributes come from it.
+* ``attrs``: path -> ``Entry`` for paths stat'ed on their own (parent not listed).
+* ``negative``: path -> True, "does not exist", with its own short TTL.
+
+All three are cachetools ``TTLCache`` s bounded by *entries* (a listing weighs its
+number of children), so memory stays bounded however large the directories.
+cachetools caches are not thread-safe: every access holds ``_lock``.  Nothing here
+calls out while holding it (no I/O, no callbacks), so it is a leaf lock: callers may
+hold their own locks while calling in.
+
+Lookups answer a three-way ``Lookup``: an entry, "known absent" (from a negative
+entry or from a listing young enough to be trusted for absence), or "unknown"
+(ask the server).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import threading
+import time
+from dataclasses import dataclass, field
+
+from cachetools import TTLCache
+
+from agavefs.vfs.backend import Entry
+
+# Names that desktops and shells probe in every directory.  Once the directory is
+# listed, their absence is answered from the listing without a request.
+PROBED_NAMES = frozenset({
+    ".Trash", ".hidden", ".directory", "desktop.ini", "Desktop.ini", "autorun.inf",
+    ".DS_Store", ".localized", "folder.jpg", "Folder.jpg", ".git", ".svn", ".hg",
+    ".xdg-volume-info", ".comment", ".thumbnails",
+})
+
+
+def is_probed_name(name: str) -> bool:
+    return name in PROBED_NAMES or name.startswith(("._", ".Trash-"))
+
+
+@dataclass
+class Listing:
+    me: Entry
+    children: dict[str, Entry]
+    fetched: float = field(default_factory=time.monotonic)
+
+
+ABSENT = object()  # "known not to exist"
+
+
+class MetaCache:
+    def __init__(self, attr_ttl: float, dir_ttl: float, negative_ttl: float, max_entries: int):
+        self.negative_ttl = negative_ttl
+        self._lock = threading.Lock()
+        # protected by _lock:
+        self._listings: TTLCache = TTLCache(maxsize=max_entries, ttl=max(dir_ttl, 0.001),
+                                            getsizeof=lambda listing: len(listing.children) + 1)
+        self._attrs: TTLCache = TTLCache(maxsize=max(1000, max_entries // 10), ttl=max(attr_ttl, 0.001))
+        self._negative: TTLCache = TTLCache(maxsize=10_000, ttl=max(negative_ttl, 0.001))
+        self.hits = 0
+        self.misses = 0
+
+    # -- reads -------------------------------------------------------------
+    def lookup(self, path: str):
+        """An ``Entry``, ``ABSENT``, or None (unknown: ask the server)."""
+        parent, name = posixpath.split(path)
+        with self._lock:
+            if path != "/":
+                listing = self._listings.get(parent)
+                if listing is not None:
+                    entry = listing.children.get(name)
+                    if entry is not None:
+                        self.hits += 1
+                        return entry
+                    young = time.monotonic() - listing.fetched < self.negative_ttl
+                    if young or is_probed_name(name):
+                        self.hits += 1
+                        return ABSENT
+            listing = self._listings.get(path)
+            if listing is not None:
+                self.hits += 1
+                return listing.me
+            entry = self._attrs.get(path)
+            if entry is not None:
+                self.hits += 1
+                return entry
+            if path in self._negative:
+                self.hits += 1
+                return ABSENT
+            self.misses += 1
+            return None
+
+    def listing(self, path: str) -> Listing | None:
+        with self._lock:
+            listing = self._listings.get(path)
+            if listing is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+            return listing
+
+    # -- writes ------------------------------------------------------------
+    def put_listing(self, path: str, me: Entry, children: list[Entry]) -> Listing:
+        listing = Listing(me, {e.name: e for e in children})
+        with self._lock:
+            try:
+                self._listings[path] = listing
+            except ValueError:  # larger than the whole cache: do not keep it
+                pass
+            self._attrs.pop(path, None)
+            self._negative.pop(path, None)
+            for name in listing.children:
+                self._negative.pop(posixpath.join(path, name), None)
+        return listing
+
+    def put(self, path: str, entry: Entry) -> None:
+        """A path's entry is known (stat'ed, or changed through the mount)."""
+        parent = posixpath.dirname(path)
+        with self._lock:
+            self._negative.pop(path, None)
+            listing = self._listings.get(parent)
+            if listing is not None and path != "/":
+                listing.children[entry.name] = entry
+            else:
+                self._attrs[path] = entry
+
+    def put_absent(self, path: str) -> None:
+        parent, name = posixpath.split(path)
+        with self._lock:
+            self._attrs.pop(path, None)
+            listing = self._listings.get(parent)
+            if listing is not None:
+                listing.children.pop(name, None)
+            self._negative[path] = True
+
+    def forget(self, path: str) -> None:
+        """Drop everything known about ``path`` and below it."""
+        prefix = path.rstrip("/") + "/"
+        with self._lock:
+            for cache in (self._listings, self._attrs, self._negative):
+                for key in [k for k in list(cache.keys()) if k == path or k.startswith(prefix)]:
+                    cache.pop(key, None)
+
+    def removed(self, path: str) -> None:
+        """``path`` (and anything below it) was deleted through the mount."""
+        self.forget(path)
+        self.put_absent(path)
+
+    def invalidate_listing(self, path: str) -> None:
+        with self._lock:
+            self._listings.pop(path, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._listings.clear()
+            self._attrs.clear()
+            self._negative.clear()
+
+    def stats(self) -> dict:
+        with self._lock:
+            total = self.hits + self.misses
+            return {
+                "listings": len(self._listings),
+                "entries": int(self._listings.currsize) + len(self._attrs),
+                "negative": len(self._negative),
+                "hits": self.hits,
+                "misses": self.misses,
+                "hit_ratio": round(self.hits / total, 4) if total else None,
+            }

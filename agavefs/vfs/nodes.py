@@ -1,0 +1,45 @@
+"""Local state of a file that has bytes in the spool.
+
+A ``FileNode`` exists while a file is open for writing or has an upload pending.
+Its ``path`` follows renames; handles and upload jobs hold the node, so a rename
+retargets them all at once.
+
+Locks: the fields are protected by the VFS lock (``VFS._lock``), except ``ns_lock``
+itself, which serializes the *remote* namespace steps that touch this file (an
+upload's final rename, a rename or unlink through the mount), so an older version
+can never land after a newer one.  ``open_lock`` serializes the (possibly long) preparation of a writable spool.
+Lock order: ``open_lock`` -> ``ns_lock`` -> ``VFS.lock``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from agavefs.vfs.spool import SpoolFile
+
+
+class FileNode:
+    def __init__(self, path: str, *, remote_exists: bool | None, remote_size: int = 0):
+        self.path = path
+        self.spool: SpoolFile | None = None  # the newest local content
+        self.sealed = False  # spool is queued for upload: read-only
+        self.base_pending = False  # spool lacks the remote content (fetched lazily)
+        self.remote_size = remote_size  # size of the remote content (base)
+        self.remote_exists = remote_exists  # is there a version on the server?
+        self.size = remote_size  # size as the mount shows it
+        self.mtime = time.time()
+        self.writers = 0  # open write handles
+        self.dirty = False  # changed since the last upload was queued
+        self.deleted = False  # unlinked while open
+        self.jobs: list = []  # upload jobs not finished, oldest first
+        self.ns_lock = threading.Lock()
+        self.open_lock = threading.Lock()  # serializes giving the node a writable spool
+
+    @property
+    def local(self) -> bool:
+        """The mount answers this path from the spool (read-your-writes)."""
+        return self.spool is not None and not self.deleted
+
+    def busy(self) -> bool:
+        return self.writers > 0 or bool(self.jobs) or self.dirty

@@ -1,0 +1,394 @@
+"""Write-back: queued uploads, waiting out the staging queue, the final rename.
+
+Design note
+-----------
+A ``Job`` uploads one sealed spool file to the path its ``FileNode`` has *when the
+job finishes* (renames retarget it).  Each job runs three kinds of steps on a pool
+of worker threads, driven by a delay heap (as rclone's writeback does):
+
+``upload``   stream the spool file to a hidden temporary name in the target's
+             directory (``.agavefs~<id>~<attempt>``), so that a partial or failed
+             staging never shows under the real name and never destroys an old
+             version.  At most ``upload_workers`` run at once.
+``poll``     one look at the staging state of the temporary file, rescheduled with
+             backoff (50 ms doubling to 1 s) while PENDING.  STAGING_FAILED, or no
+             progress for ``staging_timeout`` seconds (a lost job), means upload
+             again.  Polls do not occupy upload slots, so thousands of files can
+             wait out the queue together.
+``finalize`` under the node's ``ns_lock``: rename the temporary file to the target
+             name; when the target exists (the server refuses to rename onto it),
+             move the old version aside, rename, delete the old version, and put it
+             back if the rename failed.  Then the journal record and the spool file
+             go, in that order.
+
+Supersession: a newer job for the same node cancels the older ones; a cancelled job
+deletes its temporary file instead of finalizing.  The cancel flag is read under
+``ns_lock`` at the start of finalize, and the newer job's finalize takes the same
+lock, so a stale version never lands after a newer one.
+
+Failures never delete the spool: every error is retried with exponential backoff
+(1 s doubling to 60 s, with jitter), without limit of attempts, and logged.  fsync
+waiters are woken by success or by the first failure (they get its errno).
+
+Locks: ``_cond`` protects the heap and the job table; job fields are protected by
+the VFS lock (``owner.lock``) when another thread may read them.  Order:
+node.ns_lock -> owner.lock -> _cond.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import posixpath
+import random
+import threading
+import time
+import uuid
+
+from agavefs.errors import AgaveFSError, AlreadyExists, NotFound, to_errno
+from agavefs.vfs.backend import Staging
+from agavefs.vfs.nodes import FileNode
+from agavefs.vfs.spool import SpoolFile, SpoolStore
+
+log = logging.getLogger("agavefs.upload")
+
+TEMP_PREFIX = ".agavefs~"
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(TEMP_PREFIX)
+
+
+def temp_path(directory: str) -> str:
+    return posixpath.join(directory, f"{TEMP_PREFIX}{uuid.uuid4().hex[:16]}")
+
+
+def _place(backend, src: str, target: str) -> None:
+    if posixpath.dirname(src) == posixpath.dirname(target):
+        backend.rename(src, posixpath.basename(target))
+    else:
+        backend.move(src, target)
+
+
+def replace_remote(backend, src: str, target: str, note_aside=None) -> str | None:
+    """Put the remote file ``src`` at ``target``, replacing a file already there.
+
+    The server refuses to rename or move onto an existing name, so an existing
+    target is first renamed aside to a hidden name, then ``src`` is put in place,
+    and the old version is put back if that fails.  Not atomic, but no step can
+    lose either file.  Returns the aside path (for the caller to delete) or None.
+    ``note_aside(aside)`` is called before the aside rename, so that a crash in
+    between leaves a record of it.
+    """
+    try:
+        _place(backend, src, target)
+        return None
+    except AlreadyExists:
+        pass
+    aside = temp_path(posixpath.dirname(target))
+    if note_aside:
+        note_aside(aside)
+    backend.rename(target, posixpath.basename(aside))
+    try:
+        _place(backend, src, target)
+    except Exception:
+        try:
+            backend.rename(aside, posixpath.basename(target))
+        except Exception as exc:  # noqa: BLE001
+            log.error("could not put %s back from %s: %s", target, aside, exc)
+        raise
+    return aside
+
+
+class Job:
+    _seq = itertools.count(int(time.time() * 1000))
+
+    def __init__(self, node: FileNode, spool: SpoolFile, size: int, mtime: float,
+                 leftovers: list[str] | None = None, seq: int | None = None):
+        self.node = node
+        self.spool = spool
+        self.id = spool.id
+        self.seq = seq if seq is not None else next(Job._seq)
+        self.size = size
+        self.mtime = mtime
+        self.state = "queued"
+        self.attempts = 0
+        self.last_error: str | None = None
+        self.last_errno: int | None = None
+        self.cancelled = False
+        self.finishing = False
+        self.snapshot_of = None  # the open spool this job is a copy of (fsync)
+        self.closed = False  # the journal record is gone: never write it again
+        self.record_lock = threading.Lock()
+        self.temp: str | None = None  # remote path of the current temporary upload
+        self.leftovers: list[str] = list(leftovers or [])  # remote paths to delete at the end
+        self.finished = threading.Event()
+        self.failure = threading.Condition()
+        self.failures = 0
+        self.started = time.time()
+        # staging progress
+        self.poll_delay = 0.05
+        self.last_seen: object = None
+        self.last_progress = 0.0
+
+    def record(self) -> dict:
+        return {"id": self.id, "seq": self.seq, "path": self.node.path, "size": self.size,
+                "mtime": self.mtime, "attempts": self.attempts,
+                "leftovers": self.leftovers + ([self.temp] if self.temp else []),
+                "created": self.started}
+
+    def info(self) -> dict:
+        return {"path": self.node.path, "size": self.size, "state": self.state,
+                "attempts": self.attempts, "last_error": self.last_error}
+
+
+class WriteBack:
+    def __init__(self, backend, store: SpoolStore, owner, *, workers: int, staging_timeout: float):
+        self.backend = backend
+        self.store = store
+        self.owner = owner  # the VFS: .lock, .job_done(job, path)
+        self.staging_timeout = staging_timeout
+        self._cond = threading.Condition()
+        self._heap: list = []  # (when, tiebreak, step, job); protected by _cond
+        self._tiebreak = itertools.count()
+        self.jobs: dict[str, Job] = {}  # protected by _cond
+        self._upload_slots = threading.Semaphore(workers)
+        self._stopping = False
+        self.bytes_uploaded = 0
+        self.files_uploaded = 0
+        self._threads = [threading.Thread(target=self._worker, name=f"agavefs-upload-{i}", daemon=True)
+                         for i in range(workers + 2)]
+        for t in self._threads:
+            t.start()
+
+    # -- public ----------------------------------------------------------------
+    def submit(self, job: Job, write_record: bool = True) -> None:
+        if write_record:
+            self.store.write_record(job.record())
+        self.store.set_freeable(job.size)
+        with self._cond:
+            self.jobs[job.id] = job
+        log.info("upload queued: %s (%d bytes)", job.node.path, job.size)
+        self._schedule(0, "upload", job)
+
+    def cancel(self, job: Job) -> None:
+        """Stop a job: it deletes what it sent and never touches the target.
+
+        Its journal record becomes a tombstone at once (a crash must not bring a
+        deleted or superseded version back); the tombstone lists what the job may
+        have left on the server, for the next mount to clean."""
+        with job.record_lock:
+            if job.cancelled or job.closed:
+                return
+            job.cancelled = True
+            with self._cond:
+                queued = job.state == "queued"
+            if not queued:
+                record = job.record()
+                record["cancelled"] = True
+                self.store.write_record(record)
+        if queued:
+            self._finish(job, cancelled=True)
+
+    def persist(self, job: Job) -> None:
+        """Rewrite the job's journal record (new path, new leftovers)."""
+        with job.record_lock:
+            if not job.cancelled and not job.closed:
+                self.store.write_record(job.record())
+
+    def pending(self) -> list[Job]:
+        with self._cond:
+            return sorted(self.jobs.values(), key=lambda j: j.seq)
+
+    def wait(self, job: Job, timeout: float | None = None) -> int:
+        """Block until ``job`` is stored (0) or an attempt fails (its errno)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        failures = job.failures
+        while not job.finished.is_set():
+            with job.failure:
+                if job.failures > failures:
+                    return job.last_errno or 5
+                left = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+                if left <= 0:
+                    return 110  # ETIMEDOUT
+                job.failure.wait(left)
+        return 0 if not job.cancelled else 0
+
+    def drain(self, progress=None, timeout: float | None = None, interval: float = 1.0) -> bool:
+        """Wait until no job is left; call ``progress(files, bytes)`` as it goes."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last = 0.0
+        while True:
+            jobs = self.pending()
+            if not jobs:
+                if progress:
+                    progress(0, 0)
+                return True
+            now = time.monotonic()
+            if progress and now - last >= interval:
+                progress(len(jobs), sum(j.size for j in jobs))
+                last = now
+            if deadline is not None and now > deadline:
+                return False
+            time.sleep(0.05)
+
+    def stop(self, wait: bool = False) -> None:
+        """Start no more steps; with ``wait``, also let the running ones end."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if wait:
+            for t in self._threads:
+                t.join(60)
+
+    # -- scheduling --------------------------------------------------------------
+    def _schedule(self, delay: float, step: str, job: Job) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (time.monotonic() + delay, next(self._tiebreak), step, job))
+            self._cond.notify()
+
+    def _worker(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping:
+                    if self._heap and self._heap[0][0] <= time.monotonic():
+                        break
+                    wait = self._heap[0][0] - time.monotonic() if self._heap else None
+                    self._cond.wait(wait)
+                if self._stopping:
+                    return
+                _, _, step, job = heapq.heappop(self._heap)
+            if job.finishing:
+                continue
+            try:
+                getattr(self, "_step_" + step)(job)
+            except Exception as exc:  # noqa: BLE001 - every failure is retried
+                self._failed(job, step, exc)
+
+    def _failed(self, job: Job, step: str, exc: Exception) -> None:
+        if job.cancelled:  # its spool may be gone already; nothing to retry
+            try:
+                self._cleanup_cancelled(job)
+            except Exception as cleanup_exc:  # noqa: BLE001 - hidden leftovers only
+                log.info("cleanup of a cancelled upload failed: %s", cleanup_exc)
+                self._finish(job, cancelled=True)
+            return
+        job.attempts += 1
+        job.last_error = f"{step}: {exc}"
+        job.last_errno = to_errno(exc)
+        delay = min(60.0, 2.0 ** min(job.attempts - 1, 6)) * (0.5 + random.random() / 2)
+        log.warning("upload of %s failed (attempt %d, %s); retrying in %.1f s",
+                    job.node.path, job.attempts, job.last_error, delay)
+        with job.failure:
+            job.failures += 1
+            job.failure.notify_all()
+        try:
+            self.persist(job)
+        except OSError:
+            pass
+        # a failed upload or a vanished temporary file starts over; finalize retries itself
+        self._schedule(delay, "finalize" if step == "finalize" else "upload", job)
+
+    # -- steps ---------------------------------------------------------------------
+    def _step_upload(self, job: Job) -> None:
+        if job.cancelled:
+            return self._cleanup_cancelled(job)
+        with self._upload_slots:
+            if job.cancelled:
+                return self._cleanup_cancelled(job)
+            with self.owner.lock:
+                target = job.node.path
+            parent = posixpath.dirname(target)
+            if job.temp:
+                job.leftovers.append(job.temp)
+            job.temp = temp_path(parent)
+            job.state = "uploading"
+            self.persist(job)  # the temporary name is recorded before anything is sent
+            log.info("uploading %s (%d bytes, attempt %d)", target, job.size, job.attempts + 1)
+            self.backend.upload(job.spool.path, parent, posixpath.basename(job.temp))
+        job.state = "staging"
+        job.poll_delay = 0.05
+        job.last_seen = None
+        job.last_progress = time.monotonic()
+        if getattr(self.backend, "synchronous_upload", False):
+            self._schedule(0, "finalize", job)
+        else:
+            self._schedule(job.poll_delay, "poll", job)
+
+    def _step_poll(self, job: Job) -> None:
+        if job.cancelled:
+            return self._cleanup_cancelled(job)
+        state, progress = self.backend.staging_state(job.temp, job.size)
+        now = time.monotonic()
+        if state is Staging.STORED:
+            self._schedule(0, "finalize", job)
+            return
+        if state is Staging.FAILED:
+            raise AgaveFSError(f"the server's staging of {job.node.path} failed")
+        if progress != job.last_seen:
+            job.last_seen = progress
+            job.last_progress = now
+        if state is Staging.LOST or now - job.last_progress > self.staging_timeout:
+            raise AgaveFSError(f"the staging of {job.node.path} made no progress for "
+                               f"{self.staging_timeout:.0f} s (lost)")
+        job.poll_delay = min(1.0, job.poll_delay * 2)
+        self._schedule(job.poll_delay, "poll", job)
+
+    def _step_finalize(self, job: Job) -> None:
+        node = job.node
+        with node.ns_lock:
+            if job.cancelled:
+                return self._cleanup_cancelled(job)
+            job.state = "finalizing"
+            with self.owner.lock:
+                target = node.path
+            self._move_into_place(job, target)
+            self._delete_leftovers(job)
+            self._finish(job, path=target)
+
+    def _move_into_place(self, job: Job, target: str) -> None:
+        def note_aside(aside: str) -> None:
+            job.leftovers.append(aside)
+            self.persist(job)
+        replace_remote(self.backend, job.temp, target, note_aside)
+
+    def _delete_leftovers(self, job: Job) -> None:
+        for path in list(job.leftovers):
+            try:
+                self.backend.delete(path)
+            except NotFound:
+                pass
+            except Exception as exc:  # noqa: BLE001 - garbage, not data
+                log.info("could not delete leftover %s: %s", path, exc)
+                continue
+            job.leftovers.remove(path)
+
+    def _cleanup_cancelled(self, job: Job) -> None:
+        if job.temp:
+            job.leftovers.append(job.temp)
+            job.temp = None
+        self._delete_leftovers(job)
+        self._finish(job, cancelled=True)
+
+    def _finish(self, job: Job, path: str | None = None, cancelled: bool = False) -> None:
+        with self._cond:
+            if job.id not in self.jobs or job.finishing:
+                return
+            job.finishing = True
+        job.state = "cancelled" if cancelled else "done"
+        if not cancelled:
+            self.bytes_uploaded += job.size
+            self.files_uploaded += 1
+            log.info("stored %s (%d bytes)", path, job.size)
+        with job.record_lock:
+            job.closed = True
+            self.store.remove_record(job.id)
+        self.store.set_freeable(-job.size)
+        self.owner.job_done(job, path)
+        job.spool.decref()
+        with self._cond:
+            self.jobs.pop(job.id, None)
+        job.finished.set()
+        with job.failure:
+            job.failure.notify_all()

@@ -1,0 +1,430 @@
+"""The client against scripted broken or hostile servers (stdlib http.server stub).
+
+Each test makes the stub misbehave in one way and checks that the client fails
+cleanly (the right exception, never wrong bytes, no loop, no token sent astray)
+or copes (fallbacks, retries).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from agavefs.client import AgaveClient, Credentials
+from agavefs.errors import (AlreadyExists, AuthError, PermissionDenied, ProtocolError, TimedOut,
+                            Transient)
+from client_stub import Stub, entry, wrap
+
+DATA = bytes(range(256)) * 40  # 10240 bytes
+LISTING = "/files/v2/listings/system/stub/"
+MEDIA = "/files/v2/media/system/stub/"
+
+
+@pytest.fixture
+def stub():
+    s = Stub().start()
+    yield s
+    s.stop()
+
+
+def make_client(stub, tmp_path=None, **kw) -> AgaveClient:
+    creds = Credentials(baseurl=stub.url, username="demo", apikey="KEY-abcdef",
+                        apisecret="APISECRET-abcdef", access_token="ACCESS-abcdef-1",
+                        refresh_token="REFRESH-abcdef-1", created_at=str(int(time.time())),
+                        expires_in="3600")
+    if tmp_path is not None:
+        creds.save(str(tmp_path / "current"))
+    kw.setdefault("op_timeout", 5)
+    return AgaveClient(creds, system_id="stub", **kw)
+
+
+def serve_file(data, *, short=0, content_range=True, status=200):
+    """A media handler honouring bytes=a-b ranges, optionally sending `short` fewer bytes."""
+
+    def handler(req, h):
+        rng = req.headers.get("range")
+        headers = {}
+        body = data
+        if rng:
+            a, b = (int(x) for x in rng.split("=")[1].split("-"))
+            body = data[a:b + 1]
+            if content_range:
+                headers["Content-Range"] = f"bytes {a}-{a + len(body) - 1}/{len(data)}"
+        h.send_raw(status, body[: len(body) - short], headers=headers, length=len(body), close=True)
+
+    return handler
+
+
+# -- bodies ---------------------------------------------------------------------------------
+
+
+def test_short_body_is_eio_never_wrong_bytes(stub):
+    stub.route("GET", MEDIA, serve_file(DATA, short=7))
+    with make_client(stub) as c:
+        with pytest.raises(ProtocolError):
+            c.read("/home/demo/f", 100, 1000, file_size=len(DATA))
+        with pytest.raises(ProtocolError):
+            with c.open_stream("/home/demo/f", 0, file_size=len(DATA)) as s:
+                s.read()
+        assert len(stub.seen("GET", MEDIA)) <= 8  # a few resumes, then the error
+
+
+def test_a_dropped_body_is_resumed_from_the_exact_byte(stub):
+    calls = []
+
+    def flaky(req, h):
+        calls.append(req.headers.get("range"))
+        serve_file(DATA, short=100 if len(calls) == 1 else 0)(req, h)
+
+    stub.route("GET", MEDIA, flaky)
+    with make_client(stub) as c:
+        assert c.read("/home/demo/f", 1000, 5000, file_size=len(DATA)) == DATA[1000:6000]
+    assert calls == ["bytes=1000-5999", "bytes=5900-5999"]
+
+
+def test_mangled_content_range_falls_back_to_the_whole_file(stub):
+    def mangled(req, h):
+        rng = req.headers.get("range")
+        if rng:  # answers a range starting at byte 0 whatever was asked
+            a, b = (int(x) for x in rng.split("=")[1].split("-"))
+            h.send_raw(206, DATA[0:b - a + 1], headers={"Content-Range": f"bytes 0-{b - a}/{len(DATA)}"},
+                       close=True)
+        else:
+            h.send_raw(200, DATA, close=True)
+
+    stub.route("GET", MEDIA, mangled)
+    with make_client(stub) as c:
+        assert c.read("/home/demo/f", 5000, 100) == DATA[5000:5100]
+        with c.open_stream("/home/demo/f", 10000, file_size=len(DATA)) as s:
+            assert s.read() == DATA[10000:]
+    assert [r.headers.get("range") for r in stub.seen("GET")] == [
+        "bytes=5000-5099", None, "bytes=10000-10239", None]
+
+
+def test_a_server_ignoring_range_is_skipped_through(stub):
+    stub.route("GET", MEDIA, lambda req, h: h.send_raw(200, DATA, close=True))
+    with make_client(stub) as c:
+        assert c.read("/home/demo/f", 3000, 50) == DATA[3000:3050]
+        assert c.read("/home/demo/f", 10200, 500) == DATA[10200:]  # clamped by Content-Length
+        assert c.read("/home/demo/f", 20000, 5) == b""
+
+
+def test_negative_content_length_is_a_protocol_error(stub):
+    stub.route("GET", MEDIA, lambda req, h: h.send_raw(200, b"abc", length=-5, close=True))
+    with make_client(stub) as c:
+        with pytest.raises((ProtocolError, Transient)):
+            c.read("/home/demo/f", 0, 3)
+
+
+# -- listings -------------------------------------------------------------------------------
+
+
+def test_non_json_listing(stub):
+    stub.route("GET", LISTING, lambda req, h: h.send_raw(200, b"<html>oops</html>", "text/html"))
+    with make_client(stub) as c:
+        with pytest.raises(ProtocolError):
+            c.list("/home/demo")
+        with pytest.raises(ProtocolError):
+            c.stat("/home/demo")
+
+
+@pytest.mark.parametrize("bad", [{"length": "ten"}, {"length": -1}, {"name": None},
+                                 {"lastModified": "yesterday"}, {"permissions": ["ALL"]}])
+def test_wrong_types_in_a_listing(stub, bad):
+    def listing(req, h):
+        h.send_json(200, wrap([entry(".", "/home/demo", kind="dir", length=4096),
+                               dict(entry("x", "/home/demo/x"), **bad)]))
+
+    stub.route("GET", LISTING, listing)
+    with make_client(stub) as c:
+        with pytest.raises(ProtocolError):
+            c.list("/home/demo")
+
+
+def test_result_of_the_wrong_shape(stub):
+    stub.route("GET", LISTING, lambda req, h: h.send_json(200, wrap({"name": "x"})))
+    with make_client(stub) as c:
+        with pytest.raises(ProtocolError):
+            c.list("/home/demo")
+
+
+def test_hostile_names_are_dropped(stub):
+    good = ["a b", "#hash", "ünïcode", "dup"]
+    children = [entry(n, f"/home/demo/{n}") for n in good] + [
+        entry("..", "/home"), entry(".", "/home/demo"), entry("a/b", "/home/demo/a/b"),
+        entry("", "/home/demo/"), entry("dup", "/home/demo/dup"), entry("nul\0x", "/home/demo/nul"),
+        entry("evil", "/etc/passwd")]
+
+    def listing(req, h):
+        items = [entry(".", "/home/demo", kind="dir", length=4096)] + children
+        off, lim = int(req.query.get("offset", 0)), int(req.query.get("limit", 100))
+        h.send_json(200, wrap(items[off:off + lim]))
+
+    stub.route("GET", LISTING, listing)
+    with make_client(stub) as c:
+        me, kids = c.list("/home/demo")
+    assert me.name == "demo" and me.is_dir
+    assert [k.name for k in kids] == good + ["evil"]
+    # paths are built from the directory and the name, never taken from the server
+    assert {k.path for k in kids} == {f"/home/demo/{n}" for n in good + ["evil"]}
+
+
+# -- redirects and auth -----------------------------------------------------------------------
+
+
+def test_no_cross_host_redirect_with_the_token(stub):
+    other = Stub().start()
+    try:
+        other.route("GET", "/", lambda req, h: h.send_json(200, wrap([])))
+        stub.route("GET", LISTING, lambda req, h: h.send_raw(
+            302, b"", headers={"Location": other.url + "/files/v2/listings/system/stub//home/demo"}))
+        with make_client(stub) as c:
+            with pytest.raises(ProtocolError, match="another host"):
+                c.list("/home/demo")
+        assert other.seen() == []
+    finally:
+        other.stop()
+
+
+def test_same_host_redirect_is_followed(stub):
+    stub.route("GET", LISTING + "/home/demo/old", lambda req, h: h.send_raw(
+        301, b"", headers={"Location": LISTING + "/home/demo/new"}))
+    stub.route("GET", LISTING + "/home/demo/new", lambda req, h: h.send_json(
+        200, wrap([entry("new", "/home/demo/new")])))
+    with make_client(stub) as c:
+        assert c.stat("/home/demo/old").size == 10
+
+
+def fault(req, h):
+    h.send_json(401, {"fault": {"code": 900901, "message": "Invalid Credentials",
+                                "description": "Access failure for API"}})
+
+
+def test_fault_401_refreshes_once_and_retries(stub, tmp_path):
+    def listing(req, h):
+        if req.headers.get("authorization") != "Bearer ACCESS-new-2":
+            return fault(req, h)
+        h.send_json(200, wrap([entry("f", "/home/demo/f")]))
+
+    stub.route("GET", LISTING, listing)
+    stub.route("POST", "/token", lambda req, h: h.send_json(200, {
+        "access_token": "ACCESS-new-2", "refresh_token": "REFRESH-new-2", "expires_in": 14400,
+        "token_type": "bearer", "scope": "PRODUCTION"}))
+    with make_client(stub, tmp_path) as c:
+        assert c.stat("/home/demo/f").name == "f"
+        assert c.stats.refreshes == 1
+    saved = json.loads((tmp_path / "current").read_text())
+    assert saved["access_token"] == "ACCESS-new-2" and saved["refresh_token"] == "REFRESH-new-2"
+    token_call = stub.seen("POST", "/token")[0]
+    assert b"refresh_token=REFRESH-abcdef-1" in token_call.body
+
+
+def test_fault_after_a_refresh_is_eacces_without_a_loop(stub, tmp_path):
+    stub.route("GET", LISTING, fault)
+    stub.route("POST", "/token", lambda req, h: h.send_json(200, {
+        "access_token": "ACCESS-new-3", "refresh_token": "REFRESH-new-3", "expires_in": 14400}))
+    with make_client(stub, tmp_path) as c:
+        with pytest.raises(AuthError) as err:
+            c.stat("/home/demo/f")
+    assert err.value.errno == 13
+    assert len(stub.seen("POST", "/token")) == 1 and len(stub.seen("GET", LISTING)) == 2
+
+
+def test_a_401_wrapper_is_eacces_without_refresh(stub, tmp_path):
+    stub.route("DELETE", MEDIA, lambda req, h: h.send_json(
+        401, wrap(None, "User does not have permission to delete", "error")))
+    with make_client(stub, tmp_path) as c:
+        with pytest.raises(PermissionDenied):
+            c.delete("/home/other/x")
+    assert stub.seen("POST", "/token") == [] and len(stub.seen("DELETE")) == 1
+
+
+def test_failed_refresh_says_log_in_again(stub, tmp_path):
+    stub.route("GET", LISTING, fault)
+    stub.route("POST", "/token", lambda req, h: h.send_json(
+        400, {"error": "invalid_grant", "error_description": "Provided Authorization Grant is invalid"}))
+    with make_client(stub, tmp_path) as c:
+        with pytest.raises(AuthError, match="agavefs login --base-url"):
+            c.stat("/home/demo/f")
+        with pytest.raises(AuthError):
+            c.stat("/home/demo/f")
+    assert len(stub.seen("POST", "/token")) == 2  # one per call, no loop
+
+
+def test_retry_after_is_honoured(stub):
+    calls = []
+
+    def throttled(req, h):
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            h.send_json(429, wrap(None, "slow down", "error"), headers={"Retry-After": "1"})
+        else:
+            h.send_json(200, wrap([entry("f", "/home/demo/f")]))
+
+    stub.route("GET", LISTING, throttled)
+    with make_client(stub) as c:
+        c.stat("/home/demo/f")
+        assert c.stats.retries == 1
+    assert calls[1] - calls[0] >= 0.95
+
+
+def test_deadline_gives_timed_out(stub):
+    stub.route("GET", LISTING, lambda req, h: h.send_json(503, wrap(None, "down", "error")))
+    with make_client(stub, op_timeout=1.0) as c:
+        t0 = time.monotonic()
+        with pytest.raises(TimedOut) as err:
+            c.stat("/home/demo/f")
+        assert time.monotonic() - t0 < 2.5
+    assert err.value.errno == 110
+
+
+# -- uploads and non-idempotent actions ------------------------------------------------------
+
+
+def test_upload_is_not_resent_when_the_outcome_is_unknown(stub, tmp_path):
+    def vanish(req, h):
+        h.close_connection = True  # whole body read, then no answer at all
+
+    stub.route("POST", MEDIA, vanish)
+    local = tmp_path / "up.bin"
+    local.write_bytes(os.urandom(200_000))
+    with make_client(stub) as c:
+        with pytest.raises(Transient) as err:
+            c.upload(str(local), "/home/demo", "up.bin")
+    assert getattr(err.value, "ambiguous", False)
+    assert len(stub.seen("POST", MEDIA)) == 1
+
+
+def test_upload_is_resent_after_503(stub, tmp_path):
+    calls = []
+
+    def unavailable_once(req, h):
+        calls.append(req)
+        if len(calls) == 1:
+            h.send_json(503, wrap(None, "unavailable", "error"))
+        else:
+            h.send_json(202, wrap({"name": "up.bin", "status": "STAGING_QUEUED"}))
+
+    stub.route("POST", MEDIA, unavailable_once)
+    local = tmp_path / "up.bin"
+    local.write_bytes(b"x" * 5000)
+    seen = []
+    with make_client(stub) as c:
+        result = c.upload(str(local), "/home/demo", "up.bin", progress=lambda a, b: seen.append((a, b)))
+    assert result["status"] == "STAGING_QUEUED" and len(calls) == 2
+    assert seen and seen[-1][0] == seen[-1][1]
+    assert b'name="fileName"' in calls[1].body or calls[1].headers["content-type"].startswith(
+        "multipart/form-data")
+
+
+def test_rename_after_an_ambiguous_failure_checks_before_repeating(stub):
+    state = {"renamed": False}
+
+    def rename(req, h):
+        state["renamed"] = True  # it happens, but the answer is lost in a 502
+        h.send_json(502, wrap(None, "bad gateway", "error"))
+
+    def listing(req, h):
+        name = req.path.rsplit("/", 1)[1]
+        exists = (name == "new") == state["renamed"]
+        if exists:
+            h.send_json(200, wrap([entry(name, f"/home/demo/{name}")]))
+        else:
+            h.send_json(404, wrap(None, "File/folder does not exist", "error"))
+
+    stub.route("PUT", MEDIA, rename)
+    stub.route("GET", LISTING, listing)
+    with make_client(stub) as c:
+        c.rename("/home/demo/old", "new")
+    assert len(stub.seen("PUT")) == 1
+
+
+def test_rename_onto_an_existing_name(stub):
+    stub.route("PUT", MEDIA, lambda req, h: h.send_json(
+        400, wrap(None, "Unable to rename: a file or folder named new already exists", "error")))
+    with make_client(stub) as c:
+        with pytest.raises(AlreadyExists):
+            c.rename("/home/demo/old", "new")
+
+
+def test_move_answered_200_but_not_done_is_an_error(stub):
+    stub.route("PUT", MEDIA, lambda req, h: h.send_json(200, wrap({}, "Move success")))
+
+    def listing(req, h):
+        if req.path.endswith("/src"):
+            h.send_json(200, wrap([entry("src", "/home/demo/src")]))
+        else:
+            h.send_json(404, wrap(None, "File/folder does not exist", "error"))
+
+    stub.route("GET", LISTING, listing)
+    with make_client(stub) as c:
+        with pytest.raises(Transient, match="did not happen"):
+            c.move("/home/demo/src", "/home/demo/dst")
+    assert 1 < len(stub.seen("PUT")) <= 3
+
+
+def test_netrc_never_replaces_the_bearer_token(stub, tmp_path, monkeypatch):
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login intruder password nope\n")
+    os.chmod(netrc, 0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    stub.route("GET", LISTING, lambda req, h: h.send_json(200, wrap([entry("f", "/home/demo/f")])))
+    with make_client(stub) as c:
+        c.stat("/home/demo/f")
+    assert stub.seen("GET")[0].headers["authorization"] == "Bearer ACCESS-abcdef-1"
+
+
+def test_staging_state_reads_a_long_capped_history_cheaply(stub):
+    events = [{"status": "CREATED", "created": "t0", "description": "created"},
+              {"status": "STAGING_QUEUED", "created": "t1", "description": "queued"},
+              {"status": "STAGING_COMPLETED", "created": "t2", "description": "done"}]
+    events += [{"status": "DOWNLOAD", "created": f"d{i}", "description": "dl"} for i in range(2000)]
+    events += [{"status": "STAGING_QUEUED", "created": "t3", "description": "queued again"}]
+    history = "/files/v2/history/system/stub/"
+
+    def serve_history(req, h):
+        off, lim = int(req.query.get("offset", 0)), min(7, int(req.query.get("limit", 100)))
+        h.send_json(200, wrap(events[off:off + lim]))
+
+    stub.route("GET", history, serve_history)
+    stub.route("GET", LISTING, lambda req, h: h.send_json(200, wrap([entry("f", "/home/demo/f", length=5)])))
+    with make_client(stub) as c:
+        obs = c.staging_state("/home/demo/f", 5)
+        assert obs.state.value == "pending" and obs.queued_key == ("STAGING_QUEUED", "t3", "queued again")
+        first = len(stub.seen("GET", history))
+        assert first <= 30  # O(log n) probes, not 2000 / 7 pages
+        events.append({"status": "STAGING_COMPLETED", "created": "t4", "description": "done"})
+        assert c.staging_state("/home/demo/f", 5).state.value == "stored"
+        assert len(stub.seen("GET", history)) - first <= 3  # the cursor: only the tail
+        # the whole history is still readable page by page
+        assert len(c.history("/home/demo/f")) == len(events)
+
+
+def test_upload_cut_while_sending_is_resent(stub, tmp_path):
+    stub.cut_bodies = 1
+    stub.route("POST", MEDIA, lambda req, h: h.send_json(202, wrap({"name": "big.bin",
+                                                                    "status": "STAGING_QUEUED"})))
+    local = tmp_path / "big.bin"
+    local.write_bytes(os.urandom(32 << 20))  # larger than socket buffers: the cut is seen mid-body
+    with make_client(stub) as c:
+        assert c.upload(str(local), "/home/demo", "big.bin")["status"] == "STAGING_QUEUED"
+        assert c.stats.retries == 1
+    posts = stub.seen("POST", MEDIA)
+    assert len(posts) == 2 and posts[0].body == b"<cut>"
+
+
+def test_a_new_login_in_the_cache_is_not_overwritten(stub, tmp_path):
+    stub.route("GET", LISTING, lambda req, h: fault(req, h) if req.headers["authorization"] ==
+               "Bearer ACCESS-abcdef-1" else h.send_json(200, wrap([entry("f", "/home/demo/f")])))
+    stub.route("POST", "/token", lambda req, h: h.send_json(200, {
+        "access_token": "ACCESS-new-9", "refresh_token": "REFRESH-new-9", "expires_in": 14400}))
+    with make_client(stub, tmp_path) as c:
+        other = Credentials.load(str(tmp_path))
+        other.apikey, other.access_token = "ANOTHER-CLIENT", "ANOTHER-TOKEN"
+        other.save()  # the user logged in again (another OAuth client) meanwhile
+        c.stat("/home/demo/f")
+        assert c.stats.refreshes == 1
+    assert json.loads((tmp_path / "current").read_text())["access_token"] == "ANOTHER-TOKEN"

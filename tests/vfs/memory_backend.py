@@ -1,0 +1,180 @@
+"""An in-memory ``Backend`` for VFS tests without HTTP (like mountpoint-s3's mock
+client).  It keeps Agave's shape where the VFS depends on it: uploads land after a
+staging delay, rename/move refuse an existing target, delete is recursive.
+Failure injection: ``fail_next[op] = n`` makes the next n calls of ``op`` raise
+Transient; ``lose_next_staging`` makes the next upload never land.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import threading
+import time
+
+from agavefs.errors import AlreadyExists, NotFound, Transient
+from agavefs.vfs.backend import Entry, Staging
+
+
+class _Stream:
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def read(self, n: int) -> bytes:
+        out = self.data[self.pos:self.pos + n]
+        self.pos += len(out)
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+class MemoryBackend:
+    synchronous_upload = False
+
+    def __init__(self, staging_delay: float = 0.0):
+        self.lock = threading.RLock()
+        self.files: dict[str, bytes] = {}
+        self.dirs: set[str] = {"/"}
+        self.mtimes: dict[str, float] = {}
+        self.staging_delay = staging_delay
+        self.staging: dict[str, tuple[float, bytes, bool]] = {}  # path -> (ready_at, data, lost)
+        self.calls: dict[str, int] = {}
+        self.fail_next: dict[str, int] = {}
+        self.lose_next_staging = False
+
+    def _call(self, op: str) -> None:
+        with self.lock:
+            self.calls[op] = self.calls.get(op, 0) + 1
+            if self.fail_next.get(op, 0) > 0:
+                self.fail_next[op] -= 1
+                raise Transient(f"injected failure of {op}")
+            self._land()
+
+    def _land(self) -> None:
+        now = time.monotonic()
+        for path, (ready, data, lost) in list(self.staging.items()):
+            if ready <= now and not lost:
+                self.files[path] = data
+                self.mtimes[path] = time.time()
+                del self.staging[path]
+
+    def _entry(self, path: str) -> Entry:
+        name = posixpath.basename(path) or "/"
+        if path in self.dirs:
+            return Entry(name, True, 4096, self.mtimes.get(path, 0.0))
+        if path in self.files:
+            return Entry(name, False, len(self.files[path]), self.mtimes.get(path, 0.0))
+        raise NotFound(path)
+
+    def stat(self, path):
+        self._call("stat")
+        with self.lock:
+            return self._entry(path)
+
+    def list(self, path):
+        self._call("list")
+        with self.lock:
+            me = self._entry(path)
+            if not me.is_dir:
+                return me, []
+            prefix = path.rstrip("/") + "/"
+            names = {p[len(prefix):] for p in list(self.files) + list(self.dirs)
+                     if p.startswith(prefix) and "/" not in p[len(prefix):] and p != path}
+            return me, [self._entry(prefix + n) for n in sorted(names, key=str.lower)]
+
+    def read(self, path, offset, size, file_size=None):
+        self._call("read")
+        with self.lock:
+            if path not in self.files:
+                raise NotFound(path)
+            return self.files[path][offset:offset + size]
+
+    def open_stream(self, path, offset, file_size=None):
+        self._call("stream")
+        with self.lock:
+            if path not in self.files:
+                raise NotFound(path)
+            return _Stream(self.files[path][offset:])
+
+    def upload(self, local_path, dir_path, name):
+        self._call("upload")
+        with open(local_path, "rb") as f:
+            data = f.read()
+        with self.lock:
+            if dir_path not in self.dirs:
+                raise NotFound(dir_path)
+            path = posixpath.join(dir_path, name)
+            self.staging[path] = (time.monotonic() + self.staging_delay, data, self.lose_next_staging)
+            self.lose_next_staging = False
+            self._land()
+
+    def staging_state(self, path, size):
+        self._call("staging")
+        with self.lock:
+            if path in self.staging:
+                return Staging.PENDING, None
+            if path in self.files and len(self.files[path]) == size:
+                return Staging.STORED, size
+            return Staging.PENDING, None
+
+    def mkdir(self, path):
+        self._call("mkdir")
+        with self.lock:
+            if path in self.dirs:
+                return False
+            if path in self.files:
+                raise AlreadyExists(path)
+            if posixpath.dirname(path) not in self.dirs:
+                raise NotFound(path)
+            self.dirs.add(path)
+            self.mtimes[path] = time.time()
+            return True
+
+    def _move(self, src, dst):
+        if src not in self.files and src not in self.dirs:
+            raise NotFound(src)
+        if dst in self.files or dst in self.dirs:
+            raise AlreadyExists(dst)
+        if posixpath.dirname(dst) not in self.dirs:
+            raise NotFound(dst)
+        prefix = src.rstrip("/") + "/"
+        for table in (self.files, self.mtimes):
+            for p in [p for p in table if p == src or p.startswith(prefix)]:
+                table[dst + p[len(src):]] = table.pop(p)
+        for p in [p for p in self.dirs if p == src or p.startswith(prefix)]:
+            self.dirs.discard(p)
+            self.dirs.add(dst + p[len(src):])
+
+    def rename(self, path, new_name):
+        self._call("rename")
+        with self.lock:
+            self._move(path, posixpath.join(posixpath.dirname(path), new_name))
+
+    def move(self, path, dest):
+        self._call("move")
+        with self.lock:
+            self._move(path, dest)
+
+    def delete(self, path):
+        self._call("delete")
+        with self.lock:
+            if path not in self.files and path not in self.dirs:
+                raise NotFound(path)
+            prefix = path.rstrip("/") + "/"
+            for p in [p for p in self.files if p == path or p.startswith(prefix)]:
+                del self.files[p]
+            for p in [p for p in self.dirs if p == path or p.startswith(prefix)]:
+                self.dirs.discard(p)
+
+    def status(self):
+        return {"requests": dict(self.calls)}
+
+    # test helpers
+    def put(self, path, data: bytes):
+        with self.lock:
+            d = posixpath.dirname(path)
+            while d not in self.dirs:
+                self.dirs.add(d)
+                d = posixpath.dirname(d)
+            self.files[path] = data
+            self.mtimes[path] = time.time()

@@ -1,0 +1,272 @@
+"""The VFS without FUSE and without HTTP, over the in-memory backend.
+
+These run in milliseconds, so they cover the write-back's corner cases that are
+slow or racy to reach through a real mount (supersession, crash recovery, lost
+staging, a full spool).  The same behaviours are checked through the mount against
+the emulator in tests/mount/.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+
+import pytest
+
+from agavefs.errors import AgaveFSError
+from agavefs.vfs.core import VFS
+from agavefs.vfs.options import Options
+from memory_backend import MemoryBackend
+
+
+@pytest.fixture
+def backend():
+    return MemoryBackend(staging_delay=0.05)
+
+
+@pytest.fixture
+def make_vfs(tmp_path):
+    made = []
+
+    def make(backend, **kw):
+        kw.setdefault("cache_dir", str(tmp_path / "spool"))
+        opts = Options(**kw)
+        vfs = VFS(backend, opts, opts.cache_dir)
+        made.append(vfs)
+        return vfs
+
+    yield make
+    for vfs in made:
+        vfs.close(wait=True)
+
+
+def write_file(vfs, path, data, offset=0, create=True):
+    fh = vfs.create(path) if create else vfs.open(path, os.O_WRONLY)
+    vfs.write(fh, data, offset)
+    vfs.release(fh)
+
+
+def read_file(vfs, path):
+    fh = vfs.open(path, os.O_RDONLY)
+    try:
+        size = vfs.getattr(path)["st_size"]
+        return vfs.read(fh, 0, size + 10)
+    finally:
+        vfs.release(fh)
+
+
+def test_read_your_writes_then_stored(backend, make_vfs):
+    backend.staging_delay = 0.3
+    vfs = make_vfs(backend)
+    write_file(vfs, "/new.txt", b"hello")
+    assert "/new.txt" not in backend.files  # still staging
+    assert vfs.getattr("/new.txt")["st_size"] == 5
+    assert read_file(vfs, "/new.txt") == b"hello"
+    assert [n for n, _ in vfs.readdir("/")][2:] == ["new.txt"]
+    assert vfs.drain(timeout=10)
+    assert backend.files["/new.txt"] == b"hello"
+    # no temporary name is left behind, and none is ever listed
+    assert list(backend.files) == ["/new.txt"]
+    assert vfs.status()["spool_bytes"] == 0
+
+
+def test_ls_l_costs_only_the_listing(backend, make_vfs):
+    for i in range(50):
+        backend.put(f"/d/f{i:03d}", b"x" * i)
+    vfs = make_vfs(backend)
+    names = [n for n, _ in vfs.readdir("/d")][2:]
+    assert len(names) == 50
+    before = dict(backend.calls)
+    for name in names:
+        vfs.getattr(f"/d/{name}")
+    for probe in (".Trash", ".Trash-1000", ".hidden", "._x", "desktop.ini"):
+        with pytest.raises(AgaveFSError) as exc:
+            vfs.getattr(f"/d/{probe}")
+        assert exc.value.errno == errno.ENOENT
+    assert backend.calls == before
+
+
+def test_rewrite_supersedes_and_newest_wins(backend, make_vfs):
+    backend.staging_delay = 0.2
+    vfs = make_vfs(backend)
+    for i in range(5):
+        write_file(vfs, "/f", f"version {i}".encode())
+    assert read_file(vfs, "/f") == b"version 4"
+    assert vfs.drain(timeout=10)
+    assert backend.files == {"/f": b"version 4"}
+
+
+def test_unlink_pending_cancels_upload(backend, make_vfs):
+    backend.staging_delay = 0.3
+    vfs = make_vfs(backend)
+    write_file(vfs, "/gone", b"data")
+    vfs.unlink("/gone")
+    with pytest.raises(AgaveFSError):
+        vfs.getattr("/gone")
+    assert vfs.drain(timeout=10)
+    assert backend.files == {}
+
+
+def test_rename_pending_retargets(backend, make_vfs):
+    backend.staging_delay = 0.2
+    vfs = make_vfs(backend)
+    vfs.mkdir("/sub")
+    write_file(vfs, "/a", b"AAA")
+    vfs.rename("/a", "/sub/b")
+    assert read_file(vfs, "/sub/b") == b"AAA"
+    assert vfs.drain(timeout=10)
+    assert backend.files == {"/sub/b": b"AAA"}
+
+
+def test_rename_over_existing_replaces(backend, make_vfs):
+    backend.put("/target", b"old")
+    backend.put("/src", b"new content")
+    vfs = make_vfs(backend)
+    vfs.rename("/src", "/target")
+    assert backend.files == {"/target": b"new content"}
+    assert read_file(vfs, "/target") == b"new content"
+
+
+def test_editor_save_pattern(backend, make_vfs):
+    """write temp, fsync, rename over the original."""
+    backend.put("/doc.txt", b"original")
+    vfs = make_vfs(backend)
+    fh = vfs.create("/.doc.txt.swp")
+    vfs.write(fh, b"edited text", 0)
+    vfs.fsync(fh)
+    assert backend.files["/.doc.txt.swp"] == b"edited text"
+    vfs.release(fh)
+    vfs.rename("/.doc.txt.swp", "/doc.txt")
+    assert vfs.drain(timeout=10)
+    assert backend.files == {"/doc.txt": b"edited text"}
+
+
+def test_open_existing_fetches_lazily_and_keeps_the_rest(backend, make_vfs):
+    backend.put("/big", bytes(range(256)) * 4)
+    vfs = make_vfs(backend)
+    fh = vfs.open("/big", os.O_WRONLY)
+    vfs.release(fh)
+    assert backend.calls.get("stream", 0) == 0  # opened for writing, nothing written: no download
+    fh = vfs.open("/big", os.O_RDWR)
+    vfs.write(fh, b"XY", 10)
+    assert vfs.read(fh, 8, 6) == bytes([8, 9]) + b"XY" + bytes([12, 13])
+    vfs.release(fh)
+    assert vfs.drain(timeout=10)
+    expected = bytearray(bytes(range(256)) * 4)
+    expected[10:12] = b"XY"
+    assert backend.files["/big"] == bytes(expected)
+
+
+def test_truncate_without_open(backend, make_vfs):
+    backend.put("/t", b"0123456789")
+    vfs = make_vfs(backend)
+    vfs.truncate("/t", 4)
+    assert vfs.getattr("/t")["st_size"] == 4
+    vfs.truncate("/t", 6)
+    assert read_file(vfs, "/t") == b"0123\0\0"
+    assert vfs.drain(timeout=10)
+    assert backend.files["/t"] == b"0123\0\0"
+
+
+def test_fsync_reports_failure_then_upload_lands(backend, make_vfs):
+    vfs = make_vfs(backend)
+    backend.fail_next["upload"] = 1
+    fh = vfs.create("/f")
+    vfs.write(fh, b"abc", 0)
+    with pytest.raises(AgaveFSError) as exc:
+        vfs.fsync(fh)
+    assert exc.value.errno == errno.EIO
+    vfs.release(fh)
+    assert vfs.drain(timeout=20)
+    assert backend.files == {"/f": b"abc"}
+
+
+def test_lost_staging_is_uploaded_again(backend, make_vfs):
+    vfs = make_vfs(backend, staging_timeout=0.5)
+    backend.lose_next_staging = True
+    write_file(vfs, "/f", b"payload")
+    assert vfs.drain(timeout=20)
+    assert backend.files == {"/f": b"payload"}
+    assert backend.calls["upload"] == 2
+
+
+def test_journal_finishes_uploads_after_a_crash(backend, make_vfs, tmp_path):
+    backend.fail_next["upload"] = 10**6  # the server is unreachable: nothing can land
+    vfs = make_vfs(backend)
+    write_file(vfs, "/a", b"first")
+    vfs.mkdir("/d")
+    write_file(vfs, "/d/b", b"second")
+    write_file(vfs, "/a", b"first, rewritten")
+    # an open, never-closed file is not promised to anyone; it goes to lost+found
+    fh = vfs.create("/unclosed")
+    vfs.write(fh, b"partial", 0)
+    vfs.close(wait=True)  # the daemon "dies": no drain
+    backend.fail_next["upload"] = 0
+    vfs2 = make_vfs(backend)
+    assert vfs2.recover() == 2
+    assert read_file(vfs2, "/a") == b"first, rewritten"  # served from the spool meanwhile
+    assert vfs2.drain(timeout=20)
+    assert backend.files == {"/a": b"first, rewritten", "/d/b": b"second"}
+    assert list((tmp_path / "spool" / "lost+found").iterdir())
+
+
+def test_spool_limit(backend, make_vfs):
+    vfs = make_vfs(backend, cache_max_size=1000, op_timeout=1)
+    fh = vfs.create("/big")
+    with pytest.raises(AgaveFSError) as exc:
+        vfs.write(fh, b"x" * 2000, 0)
+    assert exc.value.errno == errno.ENOSPC
+    vfs.write(fh, b"x" * 500, 0)
+    vfs.release(fh)
+    assert vfs.drain(timeout=10)
+    assert backend.files["/big"] == b"x" * 500
+
+
+def test_rmdir_and_errnos(backend, make_vfs):
+    backend.put("/d/f", b"1")
+    vfs = make_vfs(backend)
+    cases = [
+        (lambda: vfs.rmdir("/d"), errno.ENOTEMPTY),
+        (lambda: vfs.mkdir("/d"), errno.EEXIST),
+        (lambda: vfs.unlink("/d"), errno.EISDIR),
+        (lambda: vfs.rmdir("/d/f"), errno.ENOTDIR),
+        (lambda: vfs.getattr("/nope"), errno.ENOENT),
+        (lambda: vfs.getattr("/" + "x" * 256), errno.ENAMETOOLONG),
+        (lambda: vfs.rename("/d", "/d/sub"), errno.EINVAL),
+        (lambda: vfs.rename("/d/f", "/d"), errno.EISDIR),
+    ]
+    for call, code in cases:
+        with pytest.raises(AgaveFSError) as exc:
+            call()
+        assert exc.value.errno == code
+    vfs.unlink("/d/f")
+    vfs.rmdir("/d")
+    assert backend.dirs == {"/"}
+
+
+def test_read_only(backend, make_vfs):
+    backend.put("/f", b"1")
+    vfs = make_vfs(backend, read_only=True)
+    for call in (lambda: vfs.create("/g"), lambda: vfs.open("/f", os.O_WRONLY), lambda: vfs.mkdir("/x"),
+                 lambda: vfs.unlink("/f"), lambda: vfs.rename("/f", "/g"), lambda: vfs.truncate("/f", 0)):
+        with pytest.raises(AgaveFSError) as exc:
+            call()
+        assert exc.value.errno == errno.EROFS
+
+
+def test_concurrent_writers_of_distinct_files(backend, make_vfs):
+    vfs = make_vfs(backend, upload_workers=4)
+
+    def work(i):
+        write_file(vfs, f"/f{i}", os.urandom(1000) + str(i).encode())
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert vfs.drain(timeout=30)
+    assert len(backend.files) == 40
+    assert all(data.endswith(str(i).encode()) for i, data in
+               ((int(p[2:]), d) for p, d in backend.files.items()))
