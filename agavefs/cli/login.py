@@ -59,7 +59,7 @@ def register(sub, name: str, help_text: str, formatter_class) -> argparse.Argume
                         "$REQUESTS_CA_BUNDLE)")
     p.add_argument("--insecure", action="store_true",
                    help="do NOT verify the server's TLS certificate (dangerous)")
-    p.add_argument("--cache-dir", metavar="DIR", default=None,
+    p.add_argument("--agave-cache-dir", "--cache-dir", dest="cache_dir", metavar="DIR", default=None,
                    help="where to write 'current' (default: $AGAVE_CACHE_DIR, else ~/.agave)")
     p.set_defaults(func=run)
     return p

@@ -417,7 +417,8 @@ class VFS:
         # uploads in flight below the directory have temporary files in it: let them land
         while True:
             with self.lock:
-                busy = [j for n in self._nodes_under(old) for j in n.jobs if j.state != "queued"]
+                busy = [j for n in self._nodes_under(old) for j in n.jobs
+                        if j.state != "queued" and not j.cancelled]
             if not busy:
                 break
             if time.monotonic() > deadline:
@@ -597,11 +598,21 @@ class VFS:
                 node.base_pending = False
                 node.size = spool.size
 
-    def _truncate_node(self, node: FileNode, length: int) -> None:
-        if length > 0:
-            self._ensure_base(node, upto=length)
+    def _writable_spool(self, node: FileNode, upto: int | None = None) -> SpoolFile:
+        """The node's spool, ready to be changed: taken back from (or copied off) a
+        queued upload, with the remote content fetched (its first ``upto`` bytes)."""
         with self.lock:
-            spool = node.spool
+            ready = node.spool is not None and not node.sealed
+        if not ready:
+            self._start_writing(node, truncate=False)
+        if upto != 0:
+            self._ensure_base(node, upto)
+        with self.lock:
+            return node.spool
+
+    def _truncate_node(self, node: FileNode, length: int) -> None:
+        spool = self._writable_spool(node, upto=length)
+        with self.lock:
             node.base_pending = False
         spool.truncate(length, self.opts.op_timeout)
         with self.lock:
@@ -636,9 +647,7 @@ class VFS:
         if not handle.writable:
             raise AgaveFSError("file not open for writing", errno=errno.EBADF)
         node = handle.node
-        self._ensure_base(node)
-        with self.lock:
-            spool = node.spool
+        spool = self._writable_spool(node)
         written = spool.pwrite(data, offset, self.opts.op_timeout)
         with self.lock:
             node.size = spool.size
@@ -662,10 +671,19 @@ class VFS:
             self.release(fh)
 
     def flush(self, fh: int) -> None:
+        """close(2) of a descriptor.  FUSE sends RELEASE only after close() has
+        returned, so this is where a closed file's data must become durable: the
+        last writer's flush seals and journals the spool (a later write through a
+        duplicated descriptor takes it back or copies it)."""
+        handle = self._handle(fh)
+        if not handle.writable:
+            return
+        with self.lock:
+            last = handle.node.writers <= 1
+        if last:
+            self._seal(handle.node)
         if self.opts.sync_close:
-            handle = self._handle(fh)
-            if handle.writable:
-                self._sync(handle.node)
+            self._sync(handle.node)
 
     def fsync(self, fh: int) -> None:
         handle = self._handle(fh)
@@ -732,27 +750,32 @@ class VFS:
             node.writers -= 1
             if node.writers > 0:
                 return
-            seal = node.dirty and not node.deleted and node.spool is not None
-            if not seal and node.jobs and node.spool is not None and not node.deleted \
-                    and node.jobs[-1].snapshot_of is node.spool and not node.jobs[-1].cancelled:
-                # unchanged since an fsync queued a snapshot: keep that copy only
-                node.spool.decref()
-                node.spool, node.sealed = node.jobs[-1].spool.incref(), True
-            if seal:
-                node.sealed = True
-                node.dirty = False
-                spool = node.spool.incref()
-                mtime = node.mtime
-            else:
-                self._maybe_forget(node)
-        if seal:
-            try:
-                self._queue(node, spool, mtime)
-            except BaseException:
-                with self.lock:
-                    node.sealed, node.dirty = False, True
-                spool.decref()
-                raise
+        self._seal(node)
+        with self.lock:
+            self._maybe_forget(node)
+
+    def _seal(self, node: FileNode) -> Job | None:
+        """Queue the node's changed spool for upload (it becomes read-only)."""
+        with self.lock:
+            if node.deleted or node.spool is None or node.sealed:
+                return None
+            if not node.dirty:
+                newest = node.jobs[-1] if node.jobs else None
+                if newest is not None and newest.snapshot_of is node.spool and not newest.cancelled:
+                    # unchanged since an fsync queued a snapshot: keep that copy only
+                    node.spool.decref()
+                    node.spool, node.sealed = newest.spool.incref(), True
+                return None
+            node.sealed, node.dirty = True, False
+            spool = node.spool.incref()
+            mtime = node.mtime
+        try:
+            return self._queue(node, spool, mtime)
+        except BaseException:
+            with self.lock:
+                node.sealed, node.dirty = False, True
+            spool.decref()
+            raise
 
     # ------------------------------------------------------------------ write-back hooks
     def job_done(self, job: Job, path: str | None) -> None:

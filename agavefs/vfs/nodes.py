@@ -34,7 +34,7 @@ class FileNode:
         self.deleted = False  # unlinked while open
         self.jobs: list = []  # upload jobs not finished, oldest first
         self.ns_lock = threading.Lock()
-        self.open_lock = threading.Lock()  # serializes giving the node a writable spool
+        self.open_lock = threading.RLock()  # serializes giving the node a writable spool
 
     @property
     def local(self) -> bool:

@@ -198,8 +198,9 @@ class WriteBack:
                 self.store.write_record(job.record())
 
     def pending(self) -> list[Job]:
+        """Jobs carrying data (cancelled ones only clean up after themselves)."""
         with self._cond:
-            return sorted(self.jobs.values(), key=lambda j: j.seq)
+            return sorted((j for j in self.jobs.values() if not j.cancelled), key=lambda j: j.seq)
 
     def wait(self, job: Job, timeout: float | None = None) -> int:
         """Block until ``job`` is stored (0) or an attempt fails (its errno)."""
@@ -317,11 +318,12 @@ class WriteBack:
             self._schedule(job.poll_delay, "poll", job)
 
     def _step_poll(self, job: Job) -> None:
-        if job.cancelled:
-            return self._cleanup_cancelled(job)
         state, progress = self.backend.staging_state(job.temp, job.size)
         now = time.monotonic()
-        if state is Staging.STORED:
+        if job.cancelled and (state is not Staging.PENDING or now - job.last_progress > self.staging_timeout):
+            # a cancelled upload is deleted once it has landed, or it would land later
+            return self._cleanup_cancelled(job)
+        if state is Staging.STORED and not job.cancelled:
             self._schedule(0, "finalize", job)
             return
         if state is Staging.FAILED:

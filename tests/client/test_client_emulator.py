@@ -110,11 +110,8 @@ def _names_round_trip(c, emulator, tmp_path):
     assert {k.name for k in c.list("demo/odd dir #1")[1]} == {k.name for k in c.list("/home/demo/odd dir #1")[1]}
 
 
-@pytest.mark.xfail(strict=True, reason="emulator strips 'back\\' from the fileName field; "
-                   "agave-api.md section 5 says fileName is the stored name")
 def test_backslash_in_an_uploaded_name(client, tmp_path):
-    # today the client detects the renamed upload at once (ProtocolError) instead of
-    # waiting for a file that will never appear
+    # agave-api.md section 5: fileName is the stored name, backslashes included
     client.upload(str(_local(tmp_path, b"x")), "/home/demo", "back\\slash")
     assert wait_stored(client, "/home/demo/back\\slash", 1, stall=3) is StagingState.STORED
 

@@ -1,0 +1,273 @@
+"""Issue 5 through a real mount: writing with real tools, nothing lost.
+
+Every test ends with ``agavefs umount`` (which drains the upload queue) and then
+compares the emulator's backing directory with the source, byte for byte.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import hashlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Mount
+
+HIDDEN = ".agavefs~"
+
+
+def run(*cmd, cwd=None, check=True, env=None, timeout=300):
+    r = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check:
+        assert r.returncode == 0, f"{cmd}: {r.stdout}\n{r.stderr}"
+    return r
+
+
+def make_tree(root: Path, seed: int = 0, files: int = 40) -> Path:
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        d = root / f"d{i % 4}" / f"e{i % 3}"
+        d.mkdir(parents=True, exist_ok=True)
+        size = rng.choice([0, 1, 100, 4096, 70_000, 1_000_000])
+        (d / f"file {i} #%?+&.bin").write_bytes(rng.randbytes(size))
+    (root / "ünïcödé.txt").write_text("UTF-8 name\n")
+    (root / "empty-dir").mkdir(exist_ok=True)
+    return root
+
+
+def assert_same_tree(a: Path, b: Path) -> None:
+    def walk(root: Path):
+        out = {}
+        for dirpath, dirnames, filenames in os.walk(root):
+            rel = os.path.relpath(dirpath, root)
+            for name in dirnames:
+                out[os.path.normpath(os.path.join(rel, name))] = None
+            for name in filenames:
+                with open(os.path.join(dirpath, name), "rb") as f:
+                    out[os.path.normpath(os.path.join(rel, name))] = hashlib.sha256(f.read()).hexdigest()
+        return out
+
+    ta, tb = walk(a), walk(b)
+    assert ta == tb
+    assert not any(HIDDEN in k for k in tb)
+
+
+def finish(m: Mount) -> None:
+    r = m.umount()
+    assert r.returncode == 0, r.stderr + m.log_tail()
+
+
+def test_cp_a_and_cat(mnt: Mount, emu, tmp_path):
+    src = make_tree(tmp_path / "src")
+    run("cp", "-a", str(src), str(mnt.path / "copy"))
+    assert_same_tree(src, mnt.path / "copy")  # read-your-writes before anything landed
+    finish(mnt)
+    assert_same_tree(src, emu.home() / "copy")
+
+
+def test_rsync_a_twice(mnt: Mount, emu, tmp_path):
+    if shutil.which("rsync") is None:
+        pytest.fail("rsync is not installed (scripts/setup.sh installs it)")
+    src = make_tree(tmp_path / "src", seed=1)
+    run("rsync", "-a", f"{src}/", f"{mnt.path / 'r'}/")
+    (src / "d0" / "e0" / "new.txt").write_text("added later")
+    run("rsync", "-a", "--delete", f"{src}/", f"{mnt.path / 'r'}/")
+    assert_same_tree(src, mnt.path / "r")
+    finish(mnt)
+    assert_same_tree(src, emu.home() / "r")
+
+
+def test_tar_extract_and_create(mnt: Mount, emu, tmp_path):
+    src = make_tree(tmp_path / "src", seed=2, files=20)
+    archive = tmp_path / "a.tar"
+    run("tar", "-cf", str(archive), "-C", str(src), ".")
+    (mnt.path / "x").mkdir()
+    run("tar", "-xf", str(archive), "-C", str(mnt.path / "x"))
+    run("tar", "-cf", str(mnt.path / "back.tar"), "-C", str(mnt.path / "x"), ".")
+    finish(mnt)
+    assert_same_tree(src, emu.home() / "x")
+    check = tmp_path / "check"
+    check.mkdir()
+    run("tar", "-xf", str(emu.home() / "back.tar"), "-C", str(check))
+    assert_same_tree(src, check)
+
+
+def test_git_inside_the_mount(mnt: Mount, emu, tmp_path):
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t", HOME=str(tmp_path))
+    repo = mnt.path / "repo"
+    run("git", "init", "-q", str(repo), env=env)
+    for i in range(10):
+        (repo / f"f{i}.txt").write_text(f"line {i}\n" * (i + 1))
+    run("git", "add", ".", cwd=repo, env=env)
+    run("git", "commit", "-qm", "first", cwd=repo, env=env)
+    (repo / "f3.txt").write_text("changed\n")
+    run("git", "commit", "-qam", "second", cwd=repo, env=env)
+    run("git", "clone", "-q", str(repo), str(mnt.path / "clone"), env=env)
+    run("git", "fsck", "--full", cwd=mnt.path / "clone", env=env)
+    log = run("git", "log", "--oneline", cwd=mnt.path / "clone", env=env).stdout
+    assert len(log.splitlines()) == 2
+    finish(mnt)
+    run("git", "fsck", "--full", cwd=emu.home() / "repo", env=env)
+    assert (emu.home() / "clone" / "f3.txt").read_text() == "changed\n"
+    assert run("git", "status", "--porcelain", cwd=emu.home() / "repo", env=env).stdout == ""
+
+
+def test_editor_save_dd_notrunc_and_append(mnt: Mount, emu):
+    (emu.home() / "doc.txt").write_text("version 1\n")
+    (emu.home() / "blob").write_bytes(b"A" * 100_000)
+    # editor-style save: write a temp file, fsync, rename over the original
+    tmp = mnt.path / ".doc.txt.tmp"
+    with open(tmp, "w") as f:
+        f.write("version 2\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, mnt.path / "doc.txt")
+    assert (mnt.path / "doc.txt").read_text() == "version 2\n"
+    # dd into the middle without truncating
+    run("dd", "if=/dev/zero", f"of={mnt.path / 'blob'}", "bs=1000", "seek=50", "count=2", "conv=notrunc",
+        "status=none")
+    # >> appends
+    with open(mnt.path / "doc.txt", "a") as f:
+        f.write("appended\n")
+    subprocess.run(f"echo more >> '{mnt.path / 'doc.txt'}'", shell=True, check=True)
+    os.truncate(mnt.path / "blob", 120_000)
+    finish(mnt)
+    assert (emu.home() / "doc.txt").read_text() == "version 2\nappended\nmore\n"
+    expected = bytearray(b"A" * 100_000)
+    expected[50_000:52_000] = b"\0" * 2000
+    expected += b"\0" * 20_000
+    assert (emu.home() / "blob").read_bytes() == bytes(expected)
+    assert sorted(p.name for p in emu.home().iterdir()) == ["blob", "doc.txt"]
+
+
+def test_slow_staging_is_readable_at_once_and_umount_waits(emulator_factory, mount_factory, tmp_path):
+    emu = emulator_factory("--staging-delay", "3")
+    m = mount_factory(emu)
+    data = os.urandom(3 * 1024 * 1024)
+    (m.path / "slow.bin").write_bytes(data)
+    start = time.monotonic()
+    assert (m.path / "slow.bin").read_bytes() == data  # from the spool
+    assert time.monotonic() - start < 2.5
+    assert not (emu.home() / "slow.bin").exists() or (emu.home() / "slow.bin").read_bytes() != data
+    status = m.agavefs("status", "--json", str(m.path))
+    assert status.returncode == 0 and '"pending"' in status.stdout and "slow.bin" in status.stdout
+    r = m.umount()
+    assert r.returncode == 0, r.stderr
+    assert time.monotonic() - start >= 2.5
+    assert (emu.home() / "slow.bin").read_bytes() == data
+
+
+def test_fsync_waits_for_the_server(emulator_factory, mount_factory):
+    emu = emulator_factory("--staging-delay", "1")
+    m = mount_factory(emu)
+    with open(m.path / "durable.txt", "wb") as f:
+        f.write(b"durable bytes")
+        f.flush()
+        os.fsync(f.fileno())
+        assert (emu.home() / "durable.txt").read_bytes() == b"durable bytes"
+
+
+def test_sync_close(emulator_factory, mount_factory):
+    emu = emulator_factory("--staging-delay", "1")
+    m = mount_factory(emu, "--sync-close")
+    (m.path / "closed.txt").write_bytes(b"on the server at close")
+    assert (emu.home() / "closed.txt").read_bytes() == b"on the server at close"
+
+
+def test_overwrite_never_shows_partial_or_empty(emulator_factory, mount_factory):
+    emu = emulator_factory("--staging-delay", "1")
+    old = b"old content " * 1000
+    (emu.home() / "keep.txt").write_bytes(old)
+    m = mount_factory(emu)
+    (m.path / "keep.txt").write_bytes(b"new content " * 2000)
+    deadline = time.monotonic() + 30
+    seen = set()
+    while time.monotonic() < deadline:
+        current = (emu.home() / "keep.txt").read_bytes()
+        seen.add(current[:12])
+        assert current in (old, b"new content " * 2000), "a partial or empty version was visible"
+        if current != old:
+            break
+        time.sleep(0.05)
+    finish(m)
+    assert (emu.home() / "keep.txt").read_bytes() == b"new content " * 2000
+
+
+def test_umount_force_leaves_the_journal_and_the_next_mount_finishes(emulator_factory, mount_factory):
+    emu = emulator_factory("--staging-delay", "30")
+    m = mount_factory(emu)
+    (m.path / "later.txt").write_text("finish me")
+    r = m.umount("--force")
+    assert r.returncode == 0, r.stderr
+    assert not (emu.home() / "later.txt").exists()
+    journal = list((m.cache_dir / "journal").glob("*.json"))
+    assert journal, "no journal left by umount --force"
+    emu.restart("--staging-delay", "0.2")
+    m.start()
+    assert (m.path / "later.txt").read_text() == "finish me"
+    finish(m)
+    assert (emu.home() / "later.txt").read_text() == "finish me"
+    assert not list((m.cache_dir / "journal").glob("*.json"))
+
+
+def test_sigkill_in_the_middle_of_a_copy(emulator_factory, mount_factory, tmp_path):
+    emu = emulator_factory("--staging-delay", "1")
+    src = make_tree(tmp_path / "src", seed=5, files=30)
+    m = mount_factory(emu)
+    copied = []
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        rel = path.relative_to(src)
+        (m.path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, m.path / rel)  # closed: it must survive
+        copied.append(rel)
+        if len(copied) == 20:
+            break
+    m.kill(signal.SIGKILL)
+    m.start()
+    for rel in copied:
+        assert (m.path / rel).read_bytes() == (src / rel).read_bytes()
+    finish(m)
+    for rel in copied:
+        assert (emu.home() / rel).read_bytes() == (src / rel).read_bytes(), rel
+    assert not [p for p in emu.home().rglob("*") if HIDDEN in p.name]
+
+
+def test_emulator_restart_mid_upload(emulator_factory, mount_factory):
+    emu = emulator_factory("--staging-delay", "2")
+    m = mount_factory(emu, "--staging-timeout", "10")
+    data = os.urandom(2 * 1024 * 1024)
+    (m.path / "survivor.bin").write_bytes(data)
+    time.sleep(0.8)  # the upload is in the staging queue now
+    emu.restart("--staging-delay", "0.3")  # the queued staging job is lost (STAGING_FAILED)
+    finish(m)
+    assert (emu.home() / "survivor.bin").read_bytes() == data
+
+
+def test_write_2gib_keeps_the_daemon_small(mnt: Mount, emu):
+    size = 2 * 1024 ** 3
+    chunk = os.urandom(1024 * 1024)
+    digest = hashlib.sha256()
+    with open(mnt.path / "huge.bin", "wb") as f:
+        for _ in range(size // len(chunk)):
+            f.write(chunk)
+            digest.update(chunk)
+    with open(f"/proc/{mnt.proc.pid}/status") as f:
+        hwm = [l for l in f if l.startswith("VmHWM")][0]
+    peak_kib = int(hwm.split()[1])
+    finish(mnt)
+    got = hashlib.sha256()
+    with open(emu.home() / "huge.bin", "rb") as f:
+        for block in iter(lambda: f.read(8 << 20), b""):
+            got.update(block)
+    assert got.hexdigest() == digest.hexdigest()
+    print(f"daemon peak RSS while writing 2 GiB: {peak_kib / 1024:.1f} MiB")
+    assert peak_kib < 150 * 1024
