@@ -87,6 +87,12 @@ class AgaveOperations(fuse.Operations):
 
     # -- lifecycle -------------------------------------------------------------
     def init_with_config(self, conn_info, config_3) -> None:
+        if config_3 is not None:
+            # unlink/rename-over of an open file: the VFS keeps its content for the open
+            # descriptors itself, so libfuse must not hide it as .fuse_hiddenNNN, and
+            # calls on such descriptors arrive without a path
+            config_3.hard_remove = 1
+            config_3.nullpath_ok = 1
         if self._on_init is not None:
             self._on_init()
 
@@ -120,14 +126,18 @@ class AgaveOperations(fuse.Operations):
 
     @translated
     def chmod(self, path, mode):
-        self.vfs.chmod(path, mode)
+        if path is not None:  # None: an unlinked open file
+            self.vfs.chmod(path, mode)
 
     @translated
     def chown(self, path, uid, gid):
-        self.vfs.chown(path, uid, gid)
+        if path is not None:
+            self.vfs.chown(path, uid, gid)
 
     @translated
     def utimens(self, path, times=None):
+        if path is None:
+            return
         mtime = time.time()
         if times is not None:
             m = times[1]
@@ -203,7 +213,13 @@ class AgaveOperations(fuse.Operations):
 
 
 class AgaveFUSE(fuse.FUSE):
-    """mfusepy's FUSE with a READDIRPLUS-aware readdir (see the module note)."""
+    """mfusepy's FUSE with a READDIRPLUS-aware readdir (see the module note), and a
+    truncate that passes the file handle on (ftruncate of an unlinked open file)."""
+
+    def truncate_fuse_3(self, path, length, fip):
+        fh = fip.contents.fh if fip else None
+        return self.operations.truncate(None if path is None else path.decode(self.encoding, self.errors),
+                                        length, fh)
 
     def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
         entries = self.operations.readdir_entries(fip.contents.fh)

@@ -52,6 +52,10 @@ from agavefs.vfs.writeback import Job, WriteBack, is_temp_name, replace_remote
 log = logging.getLogger("agavefs.vfs")
 
 NAME_MAX = 255
+
+
+def is_trash_name(name: str) -> bool:
+    return name == ".Trash" or name.startswith(".Trash-")
 BLOCK = 4096
 COPY_CHUNK = 4 * 1024 * 1024
 
@@ -173,13 +177,20 @@ class VFS:
         return Entry(posixpath.basename(node.path), False, node.size, node.mtime)
 
     # ------------------------------------------------------------------ metadata
-    def getattr(self, path: str, fh: int | None = None) -> dict:
-        self.check_path(path)
+    def getattr(self, path: str | None, fh: int | None = None) -> dict:
+        """Attributes of ``path``; of the open file ``fh`` when ``path`` is None
+        (a file unlinked or renamed over while open)."""
+        if path is not None:
+            self.check_path(path)
         with self.lock:
             handle = self.handles.get(fh) if fh is not None else None
             node = handle.node if handle is not None and handle.node is not None else self.nodes.get(path)
-            if node is not None and node.local:
+            if node is not None and node.spool is not None and (node.deleted or node.local):
                 return self.attr_of(self._node_entry(node))
+            if path is None:
+                if handle is None:
+                    raise AgaveFSError("stale file handle", errno=errno.ESTALE)
+                return self.attr_of(Entry("", False, handle.size, time.time()))
         return self.attr_of(self._entry(path))
 
     def readdir(self, path: str) -> list[tuple[str, dict | None]]:
@@ -259,6 +270,10 @@ class VFS:
     def mkdir(self, path: str) -> None:
         self.check_path(path)
         self._readonly()
+        if posixpath.dirname(path) == "/" and is_trash_name(posixpath.basename(path)):
+            # desktops (GIO) trash by creating .Trash-UID at the top of a mount; refusing
+            # it makes them offer permanent deletion instead of uploading a trash can
+            raise Unsupported("no trash can on an Agave mount")
         self._parent_dir(path)
         if self._exists(path):
             raise AlreadyExists(path)
@@ -655,8 +670,9 @@ class VFS:
             node.mtime = time.time()
         return written
 
-    def truncate(self, path: str, length: int, fh: int | None = None) -> None:
-        self.check_path(path)
+    def truncate(self, path: str | None, length: int, fh: int | None = None) -> None:
+        if path is not None:
+            self.check_path(path)
         self._readonly()
         if length < 0:
             raise InvalidArgument("negative length")
