@@ -1,8 +1,10 @@
 """How ``agavefs umount`` and ``agavefs status`` talk to a running mount daemon.
 
 Each daemon listens on a Unix socket in the runtime directory
-(``$XDG_RUNTIME_DIR/agavefs``, else ``/tmp/agavefs-UID``, mode 0700) named after its
-mount point, next to a ``.json`` file describing the mount.  The protocol is one
+(``$XDG_RUNTIME_DIR/agavefs``, else ``/run/user/UID/agavefs``, else
+``/tmp/agavefs-UID``; mode 0700) named after its mount point, next to a ``.json``
+file describing the mount.  Clients look in all three, because mount(8), fstab and
+systemd start daemons with another environment than the user's shell.  The protocol is one
 JSON request line and JSON answer lines:
 
 ``{"cmd": "status"}``  -> one object (the daemon's status)
@@ -26,37 +28,130 @@ import threading
 from pathlib import Path
 
 
-def runtime_dir() -> Path:
+def _candidate_dirs() -> list[Path]:
+    """Where daemons of this user may keep their sockets, the preferred one first.
+
+    ``$XDG_RUNTIME_DIR/agavefs`` when set, ``/run/user/UID/agavefs`` (what a login
+    session's XDG_RUNTIME_DIR normally is: mount(8) and systemd start daemons with
+    a different environment than your shell's), then ``/tmp/agavefs-UID``.  A
+    daemon registers in the first usable one; ``status`` and ``umount`` look in
+    all of them.
+    """
+    uid = os.getuid()
+    out: list[Path] = []
     base = os.environ.get("XDG_RUNTIME_DIR")
-    path = Path(base) / "agavefs" if base and os.path.isdir(base) else Path(f"/tmp/agavefs-{os.getuid()}")
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = path.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise RuntimeError(f"{path} is not a directory owned by you")
-    os.chmod(path, 0o700)
-    return path
+    if base and os.path.isdir(base):
+        out.append(Path(base) / "agavefs")
+    run = Path(f"/run/user/{uid}")
+    try:
+        if run.is_dir() and run.stat().st_uid == uid:
+            out.append(run / "agavefs")
+    except OSError:
+        pass
+    out.append(Path(f"/tmp/agavefs-{uid}"))
+    seen: list[Path] = []
+    for p in out:
+        if p not in seen:
+            seen.append(p)
+    return seen
+
+
+def _private(path: Path) -> bool:
+    """An existing directory of ours that nobody else can write to."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o022
+
+
+def runtime_dir() -> Path:
+    """The directory this process registers a mount in (created 0700)."""
+    candidates = _candidate_dirs()
+    for path in candidates:
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError:
+            continue
+        info = path.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            if path == candidates[-1]:
+                raise RuntimeError(f"{path} is not a directory owned by you")
+            continue
+        os.chmod(path, 0o700)
+        return path
+    raise RuntimeError("no usable runtime directory for agavefs")
+
+
+def _search_dirs() -> list[Path]:
+    return [p for p in _candidate_dirs() if _private(p)]
 
 
 def mount_key(mountpoint: str) -> str:
     return hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:20]
 
 
+def _find(mountpoint: str, suffix: str) -> Path:
+    name = f"{mount_key(mountpoint)}{suffix}"
+    for directory in _search_dirs():
+        if (directory / name).exists():
+            return directory / name
+    return runtime_dir() / name
+
+
 def socket_path(mountpoint: str) -> Path:
-    return runtime_dir() / f"{mount_key(mountpoint)}.sock"
+    """The control socket of the daemon serving ``mountpoint`` (wherever it registered)."""
+    return _find(mountpoint, ".sock")
 
 
 def info_path(mountpoint: str) -> Path:
-    return runtime_dir() / f"{mount_key(mountpoint)}.json"
+    return _find(mountpoint, ".json")
 
 
 def registered_mounts() -> list[dict]:
-    out = []
-    for p in sorted(runtime_dir().glob("*.json")):
-        try:
-            out.append(json.loads(p.read_text()))
-        except (OSError, ValueError):
-            continue
+    """The registrations of every mount daemon of this user (live or not); each
+    carries ``_info_path`` and ``_socket_path`` for cleaning up after a dead one."""
+    out: list[dict] = []
+    seen: set[str] = set()
+    for directory in _search_dirs():
+        for p in sorted(directory.glob("*.json")):
+            try:
+                info = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue
+            if not isinstance(info, dict) or info.get("mountpoint") in seen:
+                continue
+            seen.add(info.get("mountpoint"))
+            info["_info_path"] = str(p)
+            info["_socket_path"] = str(p.with_suffix(".sock"))
+            out.append(info)
     return out
+
+
+def forget(info: dict) -> None:
+    """Remove the registration of a daemon that is gone."""
+    for key in ("_info_path", "_socket_path"):
+        if info.get(key):
+            try:
+                os.unlink(info[key])
+            except OSError:
+                pass
+
+
+def pid_alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def request(mountpoint: str, cmd: str, timeout: float = 5.0):
@@ -85,8 +180,9 @@ class ControlServer:
     answers by calling ``write(obj)`` one or more times."""
 
     def __init__(self, mountpoint: str, info: dict, handlers: dict):
-        self.sock_path = socket_path(mountpoint)
-        self.info_path = info_path(mountpoint)
+        directory = runtime_dir()
+        self.sock_path = directory / f"{mount_key(mountpoint)}.sock"
+        self.info_path = directory / f"{mount_key(mountpoint)}.json"
         handlers = dict(handlers)
 
         class Handler(socketserver.StreamRequestHandler):
@@ -122,7 +218,10 @@ class ControlServer:
         tmp = self.info_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(info))
         os.replace(tmp, self.info_path)
-        self.thread = threading.Thread(target=self.server.serve_forever, name="agavefs-control", daemon=True)
+        # a short poll interval: close() (shutdown) waits for the loop to notice, and
+        # the unmount ends with it (the default 0.5 s was a quarter second per unmount)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       name="agavefs-control", daemon=True)
         self.thread.start()
 
     def close(self) -> None:

@@ -155,6 +155,7 @@ def fuse_options(args, info: dict, extra: list[str]) -> dict:
         "auto_cache": True,
         "default_permissions": True,
         "max_threads": 16,
+        "max_idle_threads": 8,  # libfuse 3.14 warns about its own default otherwise
         "noatime": True,
     }
     if args.read_only:
@@ -167,6 +168,45 @@ def fuse_options(args, info: dict, extra: list[str]) -> dict:
     return kw
 
 
+def mount_options(args, extra_fuse_opts) -> dict:
+    """The options this mount runs with (after folding ``-o``), for ``agavefs status``."""
+    out = {k: v for k, v in vars(args).items()
+           if k not in ("target", "options", "ready_fd", "func", "command")
+           and isinstance(v, (str, int, float, bool, type(None)))}
+    out["fuse"] = list(extra_fuse_opts)
+    return out
+
+
+def mount_error_sentence(exc: AgaveFSError, system: str | None, path: str | None, args) -> str:
+    """What went wrong when building the mount, and what to do about it."""
+    from agavefs.errors import NotFound, PermissionDenied, TLSError, Transient
+
+    base = "the server"
+    try:
+        from agavefs.client import Credentials
+        base = Credentials.load(args.agave_cache_dir).baseurl or base
+    except Exception:  # noqa: BLE001 - only for the message
+        pass
+    reason = exc.message.split(": ", 1)[1] if ": " in exc.message else exc.message
+    where = f"{system or 'your default storage system'}:{path or '(home folder)'}"
+    if isinstance(exc, NotFound) and "/systems/v2" in exc.message and system:
+        return (f"unknown storage system {system!r} at {base}: check its id, or leave it out to "
+                f"mount your default storage system")
+    if isinstance(exc, NotFound) and "no storage system" in exc.message:
+        return f"{base} offers you no storage system: name one as SYSTEM:PATH"
+    if isinstance(exc, NotFound):
+        return f"{where} does not exist at {base}: check the path (a leading / is absolute, " \
+               f"else it is relative to the system's home folder)"
+    if isinstance(exc, TLSError):
+        return f"cannot talk to {base} securely: {reason}; give the server's CA with --ca-bundle FILE"
+    if isinstance(exc, Transient):
+        return (f"cannot reach {base}: {reason.split('; ')[0]}; check the network and that the gateway is up "
+                f"(--op-timeout SECONDS waits longer)")
+    if isinstance(exc, PermissionDenied):
+        return f"permission denied for {where} at {base}: {reason}"
+    return f"cannot mount {where}: {exc}"
+
+
 def run_daemon(args, system, path, mountpoint, extra_fuse_opts) -> int:
     logs.setup(args.verbose, args.log_file, args.log_json)
     ready = _Ready(args.ready_fd)
@@ -177,17 +217,26 @@ def run_daemon(args, system, path, mountpoint, extra_fuse_opts) -> int:
         log.error("%s", exc)
         return 1
     except AgaveFSError as exc:
-        ready.say(f"cannot mount: {exc}")
-        log.error("cannot mount: %s", exc)
+        msg = mount_error_sentence(exc, system, path, args)
+        ready.say(msg)
+        log.error("%s", msg)
         return 1
     except FileNotFoundError as exc:
         msg = f"not logged in ({exc.filename or exc}): run 'agavefs login --base-url URL --username NAME'"
         ready.say(msg)
         log.error("%s", msg)
         return 1
+    except Exception as exc:  # noqa: BLE001 - one sentence for the person; the traceback at -vv
+        msg = f"cannot mount: {exc}"
+        ready.say(msg)
+        log.error("%s", msg, exc_info=args.verbose >= 2)
+        return 1
 
     from agavefs.fuse_ops import AgaveFUSE, AgaveOperations
 
+    transport = getattr(getattr(backend, "client", None), "transport", None)
+    if transport is not None:
+        logs.add_redactor(transport.redact)  # knows every token the mount will hold
     recovered = vfs.recover()
     if recovered:
         log.warning("finishing %d uploads left by an earlier mount", recovered)
@@ -199,7 +248,8 @@ def run_daemon(args, system, path, mountpoint, extra_fuse_opts) -> int:
         s = vfs.status()
         s.update(info)
         s.update({"mountpoint": mountpoint, "pid": os.getpid(), "started": started,
-                  "uptime": round(time.time() - started, 1), "backend": backend.status()})
+                  "uptime": round(time.time() - started, 1), "backend": backend.status(),
+                  "options": mount_options(args, extra_fuse_opts)})
         write(s)
 
     def drain(write):

@@ -21,12 +21,30 @@ import time
 _PATTERNS = [
     (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1[redacted]"),
     (re.compile(r"(?i)(basic\s+)[A-Za-z0-9+/=]+"), r"\1[redacted]"),
-    (re.compile(r"(?i)((?:access_token|refresh_token|password|apisecret|consumerSecret|client_secret|token)"
-                r"[\"']?\s*[:=]\s*[\"']?)[^\"'&\s,}]+"), r"\1[redacted]"),
+    # a key that names a secret, then = or :, then the value ("/token: text" is a path, not a key)
+    (re.compile(r"(?i)(?<![\w/.-])((?:access_token|refresh_token|password|apisecret|consumerSecret|"
+                r"client_secret|token)[\"']?\s*[:=]\s*[\"']?)[^\"'&\s,}]+"), r"\1[redacted]"),
 ]
+
+# callables that mask the secrets a process actually holds (the client's Redactor
+# learns every token, client secret and password it sees; see add_redactor)
+_redactors: list = []
+
+
+def add_redactor(func) -> None:
+    """Also pass every log message through ``func(text) -> text`` (e.g. the HTTP
+    transport's Redactor, which knows the live tokens, the client secret and the
+    password)."""
+    if func not in _redactors:
+        _redactors.append(func)
 
 
 def redact(text: str) -> str:
+    for func in list(_redactors):
+        try:
+            text = func(text)
+        except Exception:  # noqa: BLE001 - a redactor must never lose the log line
+            pass
     for pattern, repl in _PATTERNS:
         text = pattern.sub(repl, text)
     return text
@@ -56,6 +74,10 @@ class JsonFormatter(logging.Formatter):
         }, ensure_ascii=False)
 
 
+class LogFileError(Exception):
+    """--log-file cannot be opened (the message says what to do)."""
+
+
 def setup(verbose: int = 0, log_file: str | None = None, json_lines: bool = False,
           stream=None) -> logging.Logger:
     """Configure the ``agavefs`` logger tree; returns it."""
@@ -67,7 +89,11 @@ def setup(verbose: int = 0, log_file: str | None = None, json_lines: bool = Fals
         root.removeHandler(handler)
         handler.close()
     if log_file:
-        handler: logging.Handler = logging.FileHandler(log_file, encoding="utf-8")
+        try:
+            handler: logging.Handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            raise LogFileError(f"cannot write the log file {log_file}: {exc.strerror} (create its folder or "
+                               f"choose another --log-file)") from None
     else:
         handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if json_lines else

@@ -8,6 +8,7 @@ started, by pid.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import select
@@ -153,3 +154,16 @@ def password_token(url: str, user: str, password: str, verify=True, client_name:
     tok["apikey"] = client["consumerKey"]
     tok["apisecret"] = client["consumerSecret"]
     return tok
+
+
+def digest_tree(root: Path) -> dict[str, str | None]:
+    """relative path -> sha256 (None for directories)."""
+    out: dict[str, str | None] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        for name in dirnames:
+            out[os.path.normpath(os.path.join(rel, name))] = None
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                out[os.path.normpath(os.path.join(rel, name))] = hashlib.sha256(f.read()).hexdigest()
+    return out

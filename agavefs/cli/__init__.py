@@ -29,7 +29,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+    """Shows each option's default, unless it is empty (None, False, [], a -v count
+    of 0) or the help text already says it ("(default: ...)")."""
+
+    def _get_help_string(self, action):
+        default = action.default
+        if (default is None or default is False or default == [] or "(default" in (action.help or "")
+                or isinstance(action, argparse._CountAction)):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -81,3 +89,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - a sentence for people; the traceback only at -vv
+        if getattr(args, "verbose", 0) >= 2:
+            raise
+        from agavefs.logs import LogFileError
+
+        if isinstance(exc, LogFileError):  # a sentence that already says what to do
+            print(f"agavefs {args.command}: {exc}", file=sys.stderr)
+            return 1
+        what = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename and exc.strerror \
+            else str(exc) or type(exc).__name__
+        print(f"agavefs {args.command}: {what} (run it again with -vv for the details)", file=sys.stderr)
+        return 1

@@ -60,18 +60,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--negative-ttl", type=float, default=Options.negative_ttl, metavar="SECONDS",
                    help="how long 'no such file' is trusted")
     g = p.add_argument_group("files")
-    g.add_argument("--uid", type=int, default=os.getuid(), help="owner shown for every file")
-    g.add_argument("--gid", type=int, default=os.getgid(), help="group shown for every file")
+    g.add_argument("--uid", type=int, default=os.getuid(), help="owner shown for every file (default: your user id)")
+    g.add_argument("--gid", type=int, default=os.getgid(), help="group shown for every file (default: your group id)")
     g.add_argument("--umask", type=lambda s: int(s, 8), default=Options.umask, metavar="MASK",
                    help="modes shown are 0777/0666 minus this octal mask (write bits also go where "
-                        "Agave's permissions forbid writing)")
+                        "Agave's permissions forbid writing) (default: %(default)03o)")
     g.add_argument("--strict", action="store_true",
                    help="fail chmod/chown/utimes on remote files with EPERM instead of accepting them")
     g = p.add_argument_group("write-back")
     g.add_argument("--cache-dir", metavar="DIR",
                    help="spool and journal of pending uploads (default: $XDG_CACHE_HOME/agavefs/<mount>)")
     g.add_argument("--cache-max-size", type=parse_size, default=Options.cache_max_size, metavar="SIZE",
-                   help="bound on the spool (e.g. 10G); writes wait for uploads when it is full")
+                   help="bound on the spool (e.g. 500M, 2T); writes wait for uploads when it is full "
+                        f"(default: {Options.cache_max_size / 2**30:g}G)")
     g.add_argument("--upload-workers", type=int, default=Options.upload_workers, metavar="N",
                    help="uploads sent in parallel")
     g.add_argument("--sync-close", action="store_true",
@@ -99,7 +100,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub, name, help_text, formatter_class) -> None:
-    p = sub.add_parser(name, help=help_text, description=__doc__.split("\n\n")[0].strip("`"),
+    p = sub.add_parser(name, help=help_text, description=__doc__.split("\n\n")[1],
                        formatter_class=formatter_class)
     add_arguments(p)
     p.set_defaults(func=run)
@@ -191,6 +192,10 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"agavefs mount: {problem}", file=sys.stderr)
         return 1
+    if args.insecure and args.ready_fd is None and (args.log_file or not args.foreground):
+        # the daemon's own warning goes to its log: say it where the user is looking too
+        print("agavefs mount: WARNING: TLS certificate verification is OFF (--insecure): anyone on the "
+              "network path can read and change your data and steal your token", file=sys.stderr, flush=True)
     if args.foreground or args.ready_fd is not None:
         from agavefs.daemon import run_daemon
         return run_daemon(args, system, path, mountpoint, fuse_opts)

@@ -32,6 +32,8 @@ Test-only environment knobs:
   AGAVEFS_EMULATOR_STAGING_LOSE=F  fraction of staging jobs silently lost
   AGAVEFS_EMULATOR_DELETE_401=1    DELETE without permission on a path with no
                                    history answers 401 (a real-server quirk)
+  AGAVEFS_EMULATOR_TRUNCATE_BODY=F downloads send only F of the promised bytes, then
+                                   hang up (a cut connection)
 """
 
 
@@ -78,7 +80,11 @@ def register(sub, name: str, help_text: str, formatter_class) -> None:
                    "when it is not a loopback address)")
     p.add_argument("--port", type=int, default=0, help="port to listen on (0 = any free port)")
     p.add_argument("--user", dest="users", action="append", type=_user, metavar="NAME:PASSWORD",
-                   help="a user who may log in (repeatable; default demo:demo)")
+                   help="a user who may log in (repeatable; default demo:demo). The password is "
+                        "visible to every local user in the process list: prefer --users-file")
+    p.add_argument("--users-file", metavar="FILE",
+                   help="users who may log in, one NAME:PASSWORD per line (keeps the passwords off "
+                        "the command line)")
     p.add_argument("--system-id", default="local.storage", help="id of the storage system")
     p.add_argument("--staging-delay", type=_non_negative, default=0.5, metavar="SECONDS",
                    help="delay before an uploaded file is copied into place")
@@ -122,7 +128,15 @@ def run(args) -> int:
               "reach it can try the configured passwords", file=sys.stderr, flush=True)
     from agavefs.emulator import EmulatorServer, Options
 
-    users = dict(args.users or [("demo", "demo")])
+    users = dict(args.users or [])
+    if args.users_file:
+        try:
+            with open(args.users_file, encoding="utf-8") as f:
+                lines = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+            users.update(_user(line) for line in lines)
+        except (OSError, UnicodeDecodeError, argparse.ArgumentTypeError) as exc:
+            args._parser.error(f"--users-file {args.users_file}: {exc}")
+    users = users or {"demo": "demo"}
     opts = Options(root=args.root, host=args.host, port=args.port, users=users, system_id=args.system_id,
                    staging_delay=args.staging_delay, token_ttl=args.token_ttl, latency_ms=args.latency,
                    fail_rate=args.fail_rate, range_mode=args.range_mode, max_page=args.max_page,

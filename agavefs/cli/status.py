@@ -25,21 +25,28 @@ def register(sub, name, help_text, formatter_class) -> None:
 
 
 def collect(mountpoint: str | None) -> list[dict]:
+    """Status of the named mount (OSError when it has no live daemon), or of every
+    registered one.  A registration whose daemon is gone is removed; a daemon that
+    is alive but does not answer in time is listed with an ``error``."""
     if mountpoint:
-        targets = [os.path.abspath(os.path.expanduser(mountpoint))]
-    else:
-        targets = [m.get("mountpoint") for m in control.registered_mounts() if m.get("mountpoint")]
+        return [control.status_of(os.path.abspath(os.path.expanduser(mountpoint)), timeout=10)]
     out = []
-    for mp in targets:
+    for info in control.registered_mounts():
+        mp = info.get("mountpoint")
+        if not mp:
+            control.forget(info)
+            continue
         try:
             out.append(control.status_of(mp, timeout=5))
-        except (OSError, ValueError):
-            if mountpoint:
-                raise
-            try:  # its daemon is gone: forget the registration
-                control.info_path(mp).unlink()
-            except OSError:
-                pass
+            continue
+        except (OSError, ValueError) as exc:
+            problem = exc
+        if control.pid_alive(info.get("pid")) and not isinstance(problem, (ConnectionRefusedError,
+                                                                          FileNotFoundError)):
+            out.append({k: v for k, v in info.items() if not k.startswith("_")}
+                       | {"error": f"the daemon (pid {info.get('pid')}) does not answer: {problem}"})
+        else:  # its daemon is gone: forget the registration
+            control.forget(info)
     return out
 
 
@@ -64,13 +71,17 @@ def render(s: dict) -> str:
     backend = s.get("backend", {})
     cache = s.get("cache", {})
     lines = [f"{s.get('mountpoint')}  (agavefs#{s.get('system')}:{s.get('path')}, pid {s.get('pid')})",
-             f"  server        {s.get('base_url')} as {s.get('username')}",
-             f"  uptime        {_duration(s.get('uptime'))}"]
+             f"  server        {s.get('base_url')} as {s.get('username')}"]
+    if s.get("error"):
+        return "\n".join(lines + [f"  problem       {s['error']}"])
+    lines.append(f"  uptime        {_duration(s.get('uptime'))}")
     expires = backend.get("token_expires_at")
     if expires:
         left = expires - time.time()
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(expires))
+        when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(expires))
         lines.append(f"  token expires {when} ({'in ' + _duration(left) if left > 0 else 'expired; refreshed on use'})")
+    else:
+        lines.append("  token expires unknown")
     ratio = cache.get("hit_ratio")
     lines.append(f"  cache         {cache.get('entries', 0)} entries, {cache.get('listings', 0)} listings, "
                  f"hit ratio {'-' if ratio is None else f'{ratio:.0%}'}")
@@ -96,7 +107,8 @@ def run(args) -> int:
     try:
         mounts = collect(args.mountpoint)
     except (OSError, ValueError):
-        print(f"agavefs status: {args.mountpoint} is not a live agavefs mount", file=sys.stderr)
+        print(f"agavefs status: {args.mountpoint} is not a live agavefs mount (run 'agavefs status' "
+              f"to list the live ones)", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps({"mounts": mounts}, indent=2, sort_keys=True))

@@ -79,25 +79,11 @@ def run(args) -> int:
         return 1
     if pid:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and control.pid_alive(pid):
             time.sleep(0.05)
     if not args.quiet and info is not None:
         print(f"agavefs: unmounted {mountpoint}" + ("" if args.force else "; the server has every file"))
     return 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie of ours counts as gone
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][:1] != "Z"
-    except OSError:
-        return False
 
 
 def _drain(mountpoint: str, args) -> None:

@@ -157,8 +157,34 @@ class TokenManager:
                         creds.refresh_token = disk.refresh_token  # the newest rotation
                 # a cache that is gone, unreadable or now holds another login (other
                 # gateway, user or client) is left alone: the token stays in memory
-                self._refresh_locked(persist=disk is not None and disk.same_identity(creds))
+                try:
+                    self._refresh_locked(persist=disk is not None and disk.same_identity(creds))
+                except AuthError:
+                    # our session is dead (a refresh whose answer was lost already rotated
+                    # the refresh token, or it was revoked): a newer login of the same user
+                    # on the same gateway, with another OAuth client, is what "log in again"
+                    # produced; take it, so the running mount recovers without a remount
+                    if disk is not None and self._adopt_new_login(disk):
+                        return "adopted"
+                    raise
                 return "refreshed"
+
+    def _adopt_new_login(self, disk: Credentials) -> bool:
+        """Call with the locks held: switch to ``disk``'s client and tokens when it is a
+        newer, usable login of the same user on the same gateway."""
+        creds = self.creds
+        if (disk.baseurl.rstrip("/") != creds.baseurl.rstrip("/") or disk.username != creds.username
+                or disk.apikey == creds.apikey or not disk.access_token or disk.older_than(creds)):
+            return False
+        usable = disk.seconds_left()
+        if usable is not None and usable <= self._margin() and not disk.refresh_token:
+            return False
+        for name in ("apikey", "apisecret"):
+            setattr(creds, name, getattr(disk, name))
+        creds.adopt_token(disk)
+        self.transport.redact.add(*creds.secrets())
+        self.log.warning("the session could not be refreshed; using the new login found in %s", creds.path)
+        return True
 
     def _reload(self) -> Credentials | None:
         if not self.creds.path:

@@ -49,6 +49,16 @@ def parse_time(value: object) -> datetime:
             raise ProtocolError(f"bad timestamp {value!r}") from None
     if not isinstance(value, str):
         raise ProtocolError(f"bad timestamp {value!r}")
+    if len(value) == 29 and value[10] == "T" and value[19] == "." and value[23] in "+-" and value[26] == ":":
+        # Agave's own shape (2017-07-20T13:28:30.000-05:00): the C parser is ~100x faster
+        # than the regex below, and a listing of 10,000 entries parses 10,000 of them
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if parsed.tzinfo is not None:
+                return parsed
     m = _ISO_RE.match(value.strip())
     if not m:
         raise ProtocolError(f"bad timestamp {value[:60]!r}")

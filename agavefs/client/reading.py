@@ -91,6 +91,7 @@ class ReadStream:
         self.end = end if size is None else min(end, size - 1)  # inclusive
         self.pos = offset  # next byte to deliver
         self._resp: requests.Response | None = None
+        self._encoded = False  # the current response has a Content-Encoding
         self._owed: int | None = 0  # bytes the current response still promises (None: to EOF)
         self._no_ranges = False
         self._clamped = size is not None
@@ -102,11 +103,12 @@ class ReadStream:
     def read(self, n: int = -1) -> bytes:
         if self._closed:
             raise ValueError("read from a closed ReadStream")
-        out = bytearray()
+        parts: list[bytes] = []
+        got = 0
         while True:
             want = self.end - self.pos + 1
             if n is not None and n >= 0:
-                want = min(want, n - len(out))
+                want = min(want, n - got)
             if want <= 0:
                 break
             if self._resp is None and not self._open():
@@ -126,12 +128,15 @@ class ReadStream:
                     continue
                 self._resume(f"the body ended {self._owed} byte(s) early")
                 continue
-            out += chunk
+            parts.append(chunk)
+            got += len(chunk)
             self.pos += len(chunk)
             self._stalled = 0
         if self.pos > self.end:
             self._release()
-        return bytes(out)
+        if len(parts) == 1:
+            return parts[0]  # the usual case: one body read, no copy
+        return b"".join(parts)
 
     def readinto(self, buf) -> int:
         data = self.read(len(buf))
@@ -185,6 +190,7 @@ class ReadStream:
         cr = parse_content_range(resp.headers.get("Content-Range"))
         length = _int_header(resp, "Content-Length")
         encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
+        self._encoded = encoded
         if resp.status_code == 206 or cr is not None:
             if cr is None or cr[0] != self.pos or cr[1] < cr[0] or cr[1] > self.end \
                     or (cr[2] is not None and cr[1] >= cr[2]) \
@@ -264,9 +270,14 @@ class ReadStream:
                 return b""
         raw = self._resp.raw
         try:
-            # read1 returns what has arrived, so bytes received before a failure are
-            # kept and the resume starts at the exact byte (urllib3 >= 2)
-            if hasattr(raw, "read1"):
+            if not self._encoded:
+                # identity body: one read of n bytes straight from the socket into a
+                # bytes object (no decoder, no re-buffering); it returns early at the
+                # body's end, so a body that ends early still resumes at the exact byte
+                chunk = raw.read(n, decode_content=False)
+            elif hasattr(raw, "read1"):
+                # read1 returns what has arrived, so bytes received before a failure are
+                # kept and the resume starts at the exact byte (urllib3 >= 2)
                 chunk = raw.read1(n, decode_content=True)
             else:
                 chunk = raw.read(min(n, 65536), decode_content=True)

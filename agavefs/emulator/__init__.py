@@ -116,6 +116,8 @@ class EmulatorServer:
         try:
             self.server = Server(opts.host, opts.port, app, context, self.access_log, opts.latency_ms,
                                  opts.fail_rate)
+            if 0.0 <= opts.truncate_body < 1.0:  # test-only knob (config.py)
+                self.server.truncate_body = opts.truncate_body
         except SystemExit as exc:  # werkzeug exits on bind errors
             raise OSError(f"cannot listen on {opts.host}:{opts.port}") from exc
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},

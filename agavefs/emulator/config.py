@@ -12,7 +12,11 @@ help epilog) so that tests of the client can provoke rare server behaviour:
     (no event ever follows STAGING_QUEUED), as the real in-memory queue can;
 ``AGAVEFS_EMULATOR_DELETE_401``
     when "1", a DELETE without write permission on a path with no history answers 401
-    with an Agave error envelope (the real server's quirk) instead of 403.
+    with an Agave error envelope (the real server's quirk) instead of 403;
+``AGAVEFS_EMULATOR_TRUNCATE_BODY``
+    a fraction F (0 <= F < 1): every file download (media GET, ranged or not) sends
+    only F of the bytes its Content-Length promises, then closes the connection, as a
+    proxy or a crashing server can (clients must never take that for the content).
 
 stdlib only.
 """
@@ -56,6 +60,7 @@ class Options:
     staging_fail_rate: float = field(default_factory=lambda: _env_float("AGAVEFS_EMULATOR_STAGING_FAIL"))
     staging_lose_rate: float = field(default_factory=lambda: _env_float("AGAVEFS_EMULATOR_STAGING_LOSE"))
     delete_401: bool = field(default_factory=lambda: os.environ.get("AGAVEFS_EMULATOR_DELETE_401") == "1")
+    truncate_body: float = field(default_factory=lambda: _env_float("AGAVEFS_EMULATOR_TRUNCATE_BODY", -1.0))
 
     def __post_init__(self) -> None:
         if self.range_mode not in RANGE_MODES:

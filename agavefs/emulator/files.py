@@ -172,15 +172,21 @@ class FileService:
         self.access.require(user, r, "read", READ_DENIED)
         grants = None if owner_of(r.apath) == user else self.state.grants_of(user)
 
-        def perm(p: str) -> str:
-            return "ALL" if owner_of(p) == user else NAMES[bits_from_grants(grants or {}, p)]
+        def perm(p: str, real: str | None = None) -> str:
+            # a symlinked entry is used with the rights on both its path and its target
+            # (Access.can checks both): report what a request would be allowed
+            bits = [True, True, True]
+            for q in {p, real or p}:
+                if owner_of(q) != user:
+                    bits = [a and b for a, b in zip(bits, bits_from_grants(grants or {}, q))]
+            return NAMES[tuple(bits)]
 
         if r.is_file:
-            page = [self.entry(base, r.apath, name_of(r.apath), r.st, perm(r.apath), True)]
+            page = [self.entry(base, r.apath, name_of(r.apath), r.st, perm(r.apath, r.real_apath), True)]
             return page[offset:offset + limit]
         out: list[dict] = []
         if offset == 0 and limit > 0:
-            out.append(self.entry(base, r.apath, ".", r.st, perm(r.apath), True))
+            out.append(self.entry(base, r.apath, ".", r.st, perm(r.apath, r.real_apath), True))
         first = max(0, offset - 1)
         try:
             with os.scandir(r.real) as it:
@@ -198,7 +204,8 @@ class FileService:
                 skipped += 1
                 continue
             child = join(r.apath, e.name)
-            out.append(self.entry(base, child, e.name, st, perm(child)))
+            real = self.ns.to_apath(os.path.realpath(os.path.join(r.real, e.name))) if e.is_symlink() else None
+            out.append(self.entry(base, child, e.name, st, perm(child, real)))
         return out
 
     # -- downloads -----------------------------------------------------------------

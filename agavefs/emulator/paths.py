@@ -142,8 +142,14 @@ class Namespace:
         """Whether a directory entry is listed, and its (followed) stat when asked.
 
         Plain entries are classified from d_type without a system call; symlinks are
-        listed only when their target is inside ROOT, not hidden, and a file or dir."""
+        listed only when their target is inside ROOT, not hidden, and a file or dir.
+        A name that is not valid UTF-8 is never listed: no request can name it, and
+        a lossy rendering of it could name another file."""
         path = os.path.join(dir_real, entry.name)
+        try:
+            entry.name.encode("utf-8")
+        except UnicodeEncodeError:
+            return False, None
         if self.is_hidden(path):
             return False, None
         try:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
 import socket
@@ -285,6 +286,15 @@ class Handler(WSGIRequestHandler):
             self.wfile.write(head)
             return
         spec = getattr(app_iter, "sendfile_spec", None)
+        if spec is not None and self.server.truncate_body is not None:
+            # test-only knob: promise the whole body, send a part, hang up
+            file, offset, count = spec
+            part = int(count * self.server.truncate_body)
+            data = os.pread(file.fileno(), part, offset) if part > 0 else b""
+            self.wfile.write(head + data)
+            self._sent = len(data)
+            self.close_connection = True
+            return
         if spec is not None and not isinstance(self.connection, ssl.SSLSocket):
             self.wfile.write(head)
             file, offset, count = spec
@@ -321,6 +331,7 @@ class Server(ThreadedWSGIServer):
         self.latency = latency_ms / 1000.0
         self.fail_rate = fail_rate
         self.conn_timeout = conn_timeout
+        self.truncate_body: float | None = None  # test-only: AGAVEFS_EMULATOR_TRUNCATE_BODY
         self._conns: set = set()
         self._conns_lock = threading.Lock()
 

@@ -11,6 +11,7 @@ import posixpath
 
 from agavefs.errors import NotFound
 from agavefs.vfs.backend import Entry, Staging
+from agavefs.vfs.writeback import TEMP_PREFIX
 
 _STAGING = {"stored": Staging.STORED, "pending": Staging.PENDING, "failed": Staging.FAILED,
             "lost": Staging.LOST}
@@ -70,11 +71,13 @@ class AgaveBackend:
     def open_stream(self, path: str, offset: int, file_size: int | None = None):
         return self.client.open_stream(self.remote(path), offset, file_size=file_size)
 
-    def upload(self, local_path: str, dir_path: str, name: str) -> None:
-        self.client.upload(local_path, self.remote(dir_path), name)
+    def upload(self, local_path: str, dir_path: str, name: str, progress=None) -> None:
+        self.client.upload(local_path, self.remote(dir_path), name, progress=progress)
 
     def staging_state(self, path: str, size: int) -> tuple[Staging, object]:
-        obs = self.client.staging_state(self.remote(path), size)
+        # the write-back's temporary names are unique per upload attempt: "fresh"
+        obs = self.client.staging_state(self.remote(path), size,
+                                        fresh=posixpath.basename(path).startswith(TEMP_PREFIX))
         return _STAGING[obs.state.value], obs.progress_key
 
     def mkdir(self, path: str) -> bool:

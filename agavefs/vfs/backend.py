@@ -56,7 +56,9 @@ class Backend(Protocol):
 
     def open_stream(self, path: str, offset: int, file_size: int | None = None) -> ReadStream: ...
 
-    def upload(self, local_path: str, dir_path: str, name: str) -> None: ...
+    def upload(self, local_path: str, dir_path: str, name: str, progress=None) -> None:
+        """``progress(sent, total)`` is called as the body goes out, when given."""
+        ...
 
     def staging_state(self, path: str, size: int) -> tuple[Staging, object]:
         """(state, progress) of the newest upload to ``path``; ``progress`` is any

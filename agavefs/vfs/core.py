@@ -58,6 +58,7 @@ def is_trash_name(name: str) -> bool:
     return name == ".Trash" or name.startswith(".Trash-")
 BLOCK = 4096
 COPY_CHUNK = 4 * 1024 * 1024
+RELIST_MAX = 1000  # a lookup miss re-lists a cached directory this small (<= 3 pages)
 
 
 @dataclass
@@ -102,6 +103,13 @@ class VFS:
             if "\0" in part:
                 raise InvalidArgument("a name contains a NUL byte")
 
+    @staticmethod
+    def check_new_name(path: str) -> None:
+        """A name being created: agavefs's own temporary names are not for users (a
+        file of that name would be stored but never listed)."""
+        if is_temp_name(posixpath.basename(path)):
+            raise InvalidArgument(f"{path!r}: names starting with .agavefs~ are reserved by agavefs")
+
     def _readonly(self) -> None:
         if self.opts.read_only:
             raise ReadOnly("mounted read-only")
@@ -111,6 +119,8 @@ class VFS:
         if is_temp_name(posixpath.basename(path)):
             raise NotFound(path)
         cached = self.meta.lookup(path)
+        if cached is None and path != "/" and self._relist_for_lookup(posixpath.dirname(path)):
+            cached = self.meta.lookup(path)
         if cached is ABSENT:
             raise NotFound(path)
         if cached is not None:
@@ -122,6 +132,21 @@ class VFS:
             raise
         self.meta.put(path, entry)
         return entry
+
+    def _relist_for_lookup(self, parent: str) -> bool:
+        """A name missing from a cached listing that is too old to prove absence:
+        list the (small) directory again instead of a stat of that one name.  One
+        request either way, but the fresh listing answers the next lookups in the
+        directory for ``negative_ttl`` seconds: creating many files (cp -r, tar x,
+        editors' temporary files) costs no request per name."""
+        listing = self.meta.listing(parent)
+        if listing is None or len(listing.children) > RELIST_MAX:
+            return False
+        try:
+            self._fetch_listing(parent)
+        except NotFound:
+            return False
+        return True
 
     def _local_node(self, path: str) -> FileNode | None:
         with self.lock:
@@ -201,8 +226,7 @@ class VFS:
             raise NotADirectory(path)
         listing = self.meta.listing(path)
         if listing is None:
-            me, children = self.backend.list(path)
-            listing = self.meta.put_listing(path, me, children)
+            listing = self._fetch_listing(path)
         entries = {name: e for name, e in listing.children.items() if not is_temp_name(name)}
         with self.lock:
             for name in self._child_nodes.get(path, ()):
@@ -212,6 +236,17 @@ class VFS:
         out: list[tuple[str, dict | None]] = [(".", self.attr_of(listing.me)), ("..", None)]
         out.extend((name, self.attr_of(e)) for name, e in entries.items())
         return out
+
+    def _fetch_listing(self, path: str):
+        """A fresh listing from the server, with the changes made through the mount
+        while it was in flight applied (see metadata.py), cached."""
+        fetch = self.meta.begin_listing(path)
+        try:
+            me, children = self.backend.list(path)
+        except BaseException:
+            self.meta.end_listing(fetch)
+            raise
+        return self.meta.put_listing(path, me, children, fetch)
 
     def opendir(self, path: str) -> int:
         entries = self.readdir(path)
@@ -269,6 +304,7 @@ class VFS:
     # ------------------------------------------------------------------ namespace
     def mkdir(self, path: str) -> None:
         self.check_path(path)
+        self.check_new_name(path)
         self._readonly()
         if posixpath.dirname(path) == "/" and is_trash_name(posixpath.basename(path)):
             # desktops (GIO) trash by creating .Trash-UID at the top of a mount; refusing
@@ -355,6 +391,7 @@ class VFS:
     def rename(self, old: str, new: str) -> None:
         self.check_path(old)
         self.check_path(new)
+        self.check_new_name(new)
         self._readonly()
         if old == new:
             return
@@ -429,22 +466,25 @@ class VFS:
     def _rename_dir(self, old: str, new: str, src: Entry) -> None:
         prefix = old.rstrip("/") + "/"
         deadline = time.monotonic() + self.opts.op_timeout
-        # uploads in flight below the directory have temporary files in it: let them land
+        # uploads in flight below the directory have temporary files in it (cancelled ones
+        # too, until they have deleted theirs): let them land.  The check and the move of
+        # the pending nodes happen under one hold of the lock, under which an upload also
+        # picks its target (WriteBack._step_upload): none can start in the old place after.
         while True:
             with self.lock:
                 busy = [j for n in self._nodes_under(old) for j in n.jobs
                         if j.state != "queued" and not j.cancelled]
-            if not busy:
-                break
+                busy += self.writeback.remote_files_under(prefix)
+                if not busy:
+                    moved = self._nodes_under(old)
+                    for node in moved:
+                        self._drop_node(node)
+                        node.path = new + node.path[len(old):]
+                        self._add_node(node)
+                    break
             if time.monotonic() > deadline:
                 raise AgaveFSError(f"{old}: uploads below it are still in flight", errno=errno.EBUSY)
             busy[0].finished.wait(0.2)
-        with self.lock:
-            moved = self._nodes_under(old)
-            for node in moved:
-                self._drop_node(node)
-                node.path = new + node.path[len(old):]
-                self._add_node(node)
         try:
             if posixpath.dirname(old) == posixpath.dirname(new):
                 self.backend.rename(old, posixpath.basename(new))
@@ -474,6 +514,7 @@ class VFS:
     # ------------------------------------------------------------------ files
     def create(self, path: str, mode: int = 0o644) -> int:
         self.check_path(path)
+        self.check_new_name(path)
         self._readonly()
         parent = self._parent_dir(path)
         if not parent.writable:
@@ -502,30 +543,36 @@ class VFS:
         truncate = bool(flags & os.O_TRUNC) and writing
         if writing or truncate:
             self._readonly()
-        node = self._local_node(path)
-        entry = None
-        if node is None:
-            entry = self._entry(path)
-            if entry.is_dir:
-                raise IsADirectory(path)
-            if writing and not entry.writable:
-                raise PermissionDenied(path)
-            if not writing and not entry.readable:
-                raise PermissionDenied(path)
-        if not writing:
-            if node is not None:
-                return self._new_handle(Handle(path, False, node=node))
-            reader = RemoteReader(self.backend, path, entry.size, window_min=self.opts.readahead_min,
-                                  window_max=self.opts.readahead_max, budget=self.budget,
-                                  timeout=self.opts.op_timeout)
-            return self._new_handle(Handle(path, False, reader=reader, size=entry.size))
-        with self.lock:
-            node = self.nodes.get(path)
-            if node is None or node.deleted:
-                node = FileNode(path, remote_exists=True, remote_size=entry.size if entry else 0)
-                node.mtime = entry.mtime if entry else time.time()
-                self._add_node(node)
-            node.writers += 1
+        while True:
+            node = self._local_node(path)
+            entry = None
+            if node is None:
+                entry = self._entry(path)
+                if entry.is_dir:
+                    raise IsADirectory(path)
+                if writing and not entry.writable:
+                    raise PermissionDenied(path)
+                if not writing and not entry.readable:
+                    raise PermissionDenied(path)
+            if not writing:
+                if node is not None:
+                    return self._new_handle(Handle(path, False, node=node))
+                reader = RemoteReader(self.backend, path, entry.size, window_min=self.opts.readahead_min,
+                                      window_max=self.opts.readahead_max, budget=self.budget,
+                                      timeout=self.opts.op_timeout)
+                return self._new_handle(Handle(path, False, reader=reader, size=entry.size))
+            with self.lock:
+                node = self.nodes.get(path)
+                if node is None or node.deleted:
+                    if entry is None:
+                        # the local node went away since we looked (its last upload landed):
+                        # look again, or the new node would start from an empty file
+                        continue
+                    node = FileNode(path, remote_exists=True, remote_size=entry.size)
+                    node.mtime = entry.mtime
+                    self._add_node(node)
+                node.writers += 1
+                break
         try:
             self._start_writing(node, truncate=truncate)
         except BaseException:
@@ -549,27 +596,22 @@ class VFS:
     def _start_writing(self, node: FileNode, truncate: bool) -> None:
         """Give a node a spool file that may be written (the caller counted a writer)."""
         with node.open_lock:
-            source = taken_back = None
+            source = None
             with self.lock:
-                newest = node.jobs[-1] if node.jobs else None
                 if node.spool is not None and not node.sealed:
                     pass  # another writer has it open
-                elif node.spool is not None and newest is not None and newest.state == "queued" \
-                        and newest.spool is node.spool:
-                    # the newest version has not left yet: take it back instead of copying it
-                    taken_back = newest
-                    node.sealed, node.dirty = False, True
                 elif node.spool is not None:
-                    # its upload is in flight: write a copy (the node's reference moves to source)
-                    source, node.spool, node.sealed = node.spool, None, False
+                    # a closed version (queued or in flight) keeps its spool and its journal
+                    # record until a newer version is closed: write a copy.  Taking a queued
+                    # version back instead would lose it if agavefs died before the next
+                    # close.  The node keeps showing the sealed version while it is copied.
+                    source = node.spool.incref()
                 else:
                     node.spool, node.sealed = self.store.new_file(), False
                     if truncate or node.remote_exists is not True:
                         node.base_pending, node.size, node.dirty = False, 0, True
                     else:
                         node.base_pending, node.size = True, node.remote_size
-            if taken_back is not None:
-                self.writeback.cancel(taken_back)
             if source is not None:
                 fresh = self.store.new_file()
                 try:
@@ -577,12 +619,14 @@ class VFS:
                         fresh.copy_from(source, self.opts.op_timeout)
                 except BaseException:
                     fresh.decref()
-                    with self.lock:
-                        node.spool, node.sealed = source, True
+                    source.decref()
                     raise
-                source.decref()
                 with self.lock:
-                    node.spool, node.dirty, node.base_pending, node.size = fresh, True, False, fresh.size
+                    old, node.spool, node.sealed = node.spool, fresh, False
+                    node.dirty, node.base_pending, node.size = True, False, fresh.size
+                source.decref()
+                if old is not None:
+                    old.decref()  # the node's reference to the sealed version
             if truncate:
                 self._truncate_node(node, 0)
 
@@ -690,14 +734,14 @@ class VFS:
         """close(2) of a descriptor.  FUSE sends RELEASE only after close() has
         returned, so this is where a closed file's data must become durable: the
         last writer's flush seals and journals the spool (a later write through a
-        duplicated descriptor takes it back or copies it)."""
+        duplicated descriptor writes a copy)."""
         handle = self._handle(fh)
         if not handle.writable:
             return
         with self.lock:
             last = handle.node.writers <= 1
         if last:
-            self._seal(handle.node)
+            self._seal(handle.node, delay=0.0 if self.opts.sync_close else None)
         if self.opts.sync_close:
             self._sync(handle.node)
 
@@ -715,9 +759,21 @@ class VFS:
             job = self._queue_snapshot(node)
         if job is None:
             return
-        code = self.writeback.wait(job, None)
-        if code:
-            raise AgaveFSError(f"{node.path}: upload failed: {job.last_error}", errno=code)
+        # A failed attempt that the write-back retries (a restart, a lost staging job, a
+        # 503 storm) is waited out while op_timeout has not passed since the fsync
+        # began; past it, or for an error that retrying cannot cure, fsync fails.
+        deadline = time.monotonic() + self.opts.op_timeout
+        failed = 0
+        while True:
+            left = deadline - time.monotonic()
+            if failed and left <= 0:
+                raise AgaveFSError(f"{node.path}: upload failed: {job.last_error}", errno=failed)
+            code = self.writeback.wait(job, max(0.0, left) if failed else None)
+            if not code:
+                return
+            if code not in (errno.EIO, errno.ETIMEDOUT, errno.EAGAIN, errno.ECONNRESET):
+                raise AgaveFSError(f"{node.path}: upload failed: {job.last_error}", errno=code)
+            failed = job.last_errno if code == errno.ETIMEDOUT and job.last_errno else code
 
     def _queue_snapshot(self, node: FileNode) -> Job:
         """Seal a copy of an open file's spool (writers keep writing the original)."""
@@ -737,8 +793,10 @@ class VFS:
             source.decref()
         return self._queue(node, snap, mtime, snapshot_of=source)
 
-    def _queue(self, node: FileNode, spool: SpoolFile, mtime: float, snapshot_of=None) -> Job:
-        """Queue ``spool`` (whose reference passes to the job) as the node's newest version."""
+    def _queue(self, node: FileNode, spool: SpoolFile, mtime: float, snapshot_of=None,
+               delay: float = 0.0, clean: bool = False) -> Job:
+        """Queue ``spool`` (whose reference passes to the job) as the node's newest version;
+        with ``clean``, the node stops being dirty as the job joins its list."""
         if self.opts.fsync_spool:
             spool.fsync()
         job = Job(node, spool, spool.size, mtime)
@@ -746,7 +804,9 @@ class VFS:
         with self.lock:
             older = list(node.jobs)
             node.jobs.append(job)
-        self.writeback.submit(job)
+            if clean:
+                node.dirty = False
+        self.writeback.submit(job, delay=delay)
         for j in older:
             self.writeback.cancel(j)
         return job
@@ -770,8 +830,9 @@ class VFS:
         with self.lock:
             self._maybe_forget(node)
 
-    def _seal(self, node: FileNode) -> Job | None:
-        """Queue the node's changed spool for upload (it becomes read-only)."""
+    def _seal(self, node: FileNode, delay: float | None = None) -> Job | None:
+        """Queue the node's changed spool for upload (it becomes read-only), after
+        ``delay`` (default: the upload grace) seconds."""
         with self.lock:
             if node.deleted or node.spool is None or node.sealed:
                 return None
@@ -782,11 +843,16 @@ class VFS:
                     node.spool.decref()
                     node.spool, node.sealed = newest.spool.incref(), True
                 return None
-            node.sealed, node.dirty = True, False
+            # dirty stays set until the job is on the node's list (_queue): in between, the
+            # previous version's upload may finish, and a node with no job, no writer and
+            # nothing dirty is forgotten - with it the pending version (readers would get
+            # the previous one from the server; renames would not retarget the upload)
+            node.sealed = True
             spool = node.spool.incref()
             mtime = node.mtime
         try:
-            return self._queue(node, spool, mtime)
+            return self._queue(node, spool, mtime, delay=self.opts.upload_delay if delay is None else delay,
+                               clean=True)
         except BaseException:
             with self.lock:
                 node.sealed, node.dirty = False, True

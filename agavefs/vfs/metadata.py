@@ -17,6 +17,12 @@ hold their own locks while calling in.
 Lookups answer a three-way ``Lookup``: an entry, "known absent" (from a negative
 entry or from a listing young enough to be trusted for absence), or "unknown"
 (ask the server).
+
+A listing fetched from the server may be older than a change made through the mount
+while it was in flight (an upload renamed into place, a delete, a rename): the fetch
+is registered (``begin_listing``), changes to its directory's children are recorded
+on it meanwhile, and ``put_listing`` applies them to what the server sent.  A fetch of
+a directory that was removed or renamed meanwhile is returned but not cached.
 """
 
 from __future__ import annotations
@@ -53,6 +59,16 @@ class Listing:
 ABSENT = object()  # "known not to exist"
 
 
+class ListingFetch:
+    """A listing request in flight (see the module note); fields under MetaCache._lock."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.started = time.monotonic()
+        self.changes: list[tuple[str, Entry | None]] = []  # (name, entry or None: gone)
+        self.void = False  # the directory itself was removed or renamed meanwhile
+
+
 class MetaCache:
     def __init__(self, attr_ttl: float, dir_ttl: float, negative_ttl: float, max_entries: int):
         self.negative_ttl = negative_ttl
@@ -64,6 +80,7 @@ class MetaCache:
         self._negative: TTLCache = TTLCache(maxsize=10_000, ttl=max(negative_ttl, 0.001))
         self.hits = 0
         self.misses = 0
+        self._fetches: dict[str, list[ListingFetch]] = {}  # dir -> fetches in flight
 
     # -- reads -------------------------------------------------------------
     def lookup(self, path: str):
@@ -104,9 +121,56 @@ class MetaCache:
                 self.hits += 1
             return listing
 
+    # -- listings in flight -------------------------------------------------
+    def begin_listing(self, path: str) -> ListingFetch:
+        fetch = ListingFetch(path)
+        with self._lock:
+            self._fetches.setdefault(path, []).append(fetch)
+        return fetch
+
+    def end_listing(self, fetch: ListingFetch) -> None:
+        """Forget a fetch (put_listing does it; call it when the fetch failed)."""
+        with self._lock:
+            self._end(fetch)
+
+    def _end(self, fetch: ListingFetch) -> None:
+        fetches = self._fetches.get(fetch.path)
+        if fetches is not None and fetch in fetches:
+            fetches.remove(fetch)
+            if not fetches:
+                del self._fetches[fetch.path]
+
+    def _note(self, path: str, entry: Entry | None) -> None:
+        """Call with _lock held: a child changed through the mount."""
+        if self._fetches:
+            parent, name = posixpath.split(path)
+            for fetch in self._fetches.get(parent, ()):
+                fetch.changes.append((name, entry))
+
+    def _void(self, path: str) -> None:
+        """Call with _lock held: ``path`` and everything below it moved or went away."""
+        if self._fetches:
+            prefix = path.rstrip("/") + "/"
+            for d, fetches in self._fetches.items():
+                if d == path or d.startswith(prefix):
+                    for fetch in fetches:
+                        fetch.void = True
+
     # -- writes ------------------------------------------------------------
-    def put_listing(self, path: str, me: Entry, children: list[Entry]) -> Listing:
-        listing = Listing(me, {e.name: e for e in children})
+    def put_listing(self, path: str, me: Entry, children: list[Entry],
+                    fetch: ListingFetch | None = None) -> Listing:
+        kids = {e.name: e for e in children}
+        with self._lock:
+            if fetch is not None:
+                self._end(fetch)
+                for name, entry in fetch.changes:  # newer than what the server sent
+                    if entry is None:
+                        kids.pop(name, None)
+                    else:
+                        kids[name] = entry
+                if fetch.void:
+                    return Listing(me, kids)
+        listing = Listing(me, kids)
         with self._lock:
             try:
                 self._listings[path] = listing
@@ -122,6 +186,7 @@ class MetaCache:
         """A path's entry is known (stat'ed, or changed through the mount)."""
         parent = posixpath.dirname(path)
         with self._lock:
+            self._note(path, entry)
             self._negative.pop(path, None)
             listing = self._listings.get(parent)
             if listing is not None and path != "/":
@@ -132,6 +197,7 @@ class MetaCache:
     def put_absent(self, path: str) -> None:
         parent, name = posixpath.split(path)
         with self._lock:
+            self._note(path, None)
             self._attrs.pop(path, None)
             listing = self._listings.get(parent)
             if listing is not None:
@@ -142,6 +208,7 @@ class MetaCache:
         """Drop everything known about ``path`` and below it."""
         prefix = path.rstrip("/") + "/"
         with self._lock:
+            self._void(path)
             for cache in (self._listings, self._attrs, self._negative):
                 for key in [k for k in list(cache.keys()) if k == path or k.startswith(prefix)]:
                     cache.pop(key, None)

@@ -29,6 +29,7 @@ class Options:
     cache_dir: str = ""
     cache_max_size: int = 10 * 1024 * MiB  # the spool
     upload_workers: int = 4
+    upload_delay: float = 0.2  # grace before an upload starts (a version superseded at once is never sent)
     sync_close: bool = False
     staging_timeout: float = 120.0  # no progress for this long: the staging job is lost
     op_timeout: float = 30.0  # bound on a waiting filesystem call (fsync, full spool...)

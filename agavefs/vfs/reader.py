@@ -14,8 +14,14 @@ that grows (``readahead_min`` doubling to ``readahead_max``) whenever the reader
 catches up with it.  The kernel sends concurrent, possibly reordered reads for one
 sequential reader, so the window is addressed by offset, keeps a little data behind
 the furthest read, and a read ahead of the fetched part waits for it instead of
-opening a new request.  Reads far outside the window count as misses; two in a row
-close the stream (the reader has become random).
+opening a new request; a read whose bytes were trimmed away while it waited (by a
+read further ahead) falls back to a ranged read.  Reads far outside the window
+count as misses; two in a row close the stream (the reader has become random).
+
+Cost per byte matters here (a FUSE read path in Python is CPU-bound): chunks are
+CHUNK (1 MiB, the largest kernel read) and aligned to multiples of it, each one a
+single ``bytes`` read from the socket, so an aligned kernel read is answered with
+that object as it is: one copy from the socket, none in between.
 
 Memory: each window is at most ``readahead_max``; the bytes fetched *speculatively*
 by all windows are bounded by ``ReadBudget`` (``readahead_total``).  Bytes a reader
@@ -28,7 +34,6 @@ thread's own ``stream.read`` (outside the condition).  ``ReadBudget._lock`` is a
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
@@ -38,8 +43,12 @@ from agavefs.vfs.backend import Backend
 
 log = logging.getLogger("agavefs.vfs")
 
-CHUNK = 512 * 1024
+CHUNK = 1024 * 1024  # also the largest FUSE read (max_pages 256): one chunk per kernel request
 KEEP_BEHIND = 4 * 1024 * 1024
+# the kernel re-sends a failed read-ahead at once as a plain read of the same offset:
+# a read that just timed out fails again at once for this long instead of waiting
+# out a second op_timeout (so a read(2) on a silent server ends within op_timeout)
+FAILED_READ_MEMORY = 1.0
 
 
 class ReadBudget:
@@ -67,6 +76,13 @@ class ReadBudget:
 
 
 class Prefetch:
+    """One streaming GET from ``start`` to EOF, kept in CHUNK-aligned pieces.
+
+    Chunks are aligned to absolute multiples of CHUNK (the first one ends at the
+    next boundary), so that a kernel read of one aligned MiB is answered with the
+    very ``bytes`` object the stream produced: no slicing, no joining.
+    """
+
     def __init__(self, backend: Backend, path: str, start: int, file_size: int,
                  window_min: int, window_max: int, budget: ReadBudget, timeout: float):
         self.backend, self.path, self.file_size = backend, path, file_size
@@ -74,11 +90,12 @@ class Prefetch:
         self.budget, self.timeout = budget, timeout
         self._cond = threading.Condition()
         # protected by _cond:
-        self._chunks: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._chunks: dict[int, bytes] = {}  # chunk index (offset // CHUNK) -> bytes from max(lo, index*CHUNK)
         self.lo = start  # first byte held
         self.hi = start  # first byte not yet fetched
         self._read_max = start  # furthest byte handed to the reader
         self._want = start  # furthest byte a reader waits for
+        self._waiting = 0  # readers blocked in get()
         self._error: BaseException | None = None
         self._closed = False
         self._held = 0  # bytes charged to the budget
@@ -96,17 +113,21 @@ class Prefetch:
                         self._cond.wait(0.05)
                     if self._closed or self.hi >= self.file_size:
                         return
-                    want = min(CHUNK, self.file_size - self.hi)
+                    hi = self.hi
+                    want = min(CHUNK - hi % CHUNK, self.file_size - hi)
                 data = stream.read(want)
-                if not data:
-                    raise ProtocolError(f"{self.path}: the server ended the file at {self.hi} of "
+                if len(data) != want:
+                    raise ProtocolError(f"{self.path}: the server ended the file at {hi + len(data)} of "
                                         f"{self.file_size} bytes")
                 with self._cond:
-                    self._chunks.append((self.hi, data))
-                    self.hi += len(data)
-                    self.budget.take(len(data))
-                    self._held += len(data)
-                    self._cond.notify_all()
+                    if self._closed:
+                        return
+                    self._chunks[hi // CHUNK] = data
+                    self.hi = hi + want
+                    self.budget.take(want)
+                    self._held += want
+                    if self._waiting:
+                        self._cond.notify_all()
         except BaseException as exc:  # noqa: BLE001 - handed to the reader
             with self._cond:
                 self._error = exc
@@ -130,50 +151,66 @@ class Prefetch:
     # -- reader side -----------------------------------------------------------
     def get(self, offset: int, size: int) -> bytes | None:
         """The bytes, or None when [offset, offset+size) is outside this window."""
-        end = offset + size
-        deadline = time.monotonic() + self.timeout
+        end = min(offset + size, self.file_size)
         with self._cond:
             if offset < self.lo or offset > self.hi + self.window_max:
                 return None
             if self.hi < end:
+                deadline = time.monotonic() + self.timeout
                 self._want = max(self._want, end)
                 self.window = min(self.window * 2, self.window_max)  # the reader caught up
                 self._cond.notify_all()
-                while self.hi < end and self._error is None and not self._closed:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise TimedOut(f"read of {self.path} timed out")
-                    self._cond.wait(min(left, 1.0))
+                self._waiting += 1
+                try:
+                    while self.hi < end and self._error is None and not self._closed:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            raise TimedOut(f"read of {self.path} timed out")
+                        self._cond.wait(min(left, 1.0))
+                finally:
+                    self._waiting -= 1
                 if self.hi < end:
                     if self._error is not None:
                         raise self._error
                     return None
-            data = self._extract(offset, size)
+                if offset < self.lo:  # trimmed away by a reader further ahead while we waited
+                    return None
+            data = self._extract(offset, end)
             if end > self._read_max:
                 self._read_max = end
                 self._trim()
-            self._cond.notify_all()
+                self._cond.notify_all()  # room for the filler
             return data
 
-    def _extract(self, offset: int, size: int) -> bytes:
+    def _extract(self, offset: int, end: int) -> bytes:
+        """Call with _cond held; lo <= offset < end <= hi."""
+        first, last = offset // CHUNK, (end - 1) // CHUNK
+        if first == last:
+            chunk = self._chunks[first]
+            cstop = min((first + 1) * CHUNK, self.file_size)
+            base = cstop - len(chunk)  # a chunk ends at a boundary or at EOF
+            if offset == base and end == cstop:
+                return chunk  # the common case: one aligned kernel request, no copy
+            return chunk[offset - base:end - base]
         parts = []
-        end = offset + size
-        for start, chunk in self._chunks:
-            stop = start + len(chunk)
-            if stop <= offset:
-                continue
-            if start >= end:
-                break
-            parts.append(chunk[max(0, offset - start):min(len(chunk), end - start)])
+        for i in range(first, last + 1):
+            chunk = self._chunks[i]
+            cstop = min((i + 1) * CHUNK, self.file_size)
+            base = cstop - len(chunk)
+            parts.append(chunk[max(offset, base) - base:min(end, cstop) - base])
         return b"".join(parts)
 
     def _trim(self) -> None:
         floor = self._read_max - KEEP_BEHIND
-        while self._chunks and self._chunks[0][0] + len(self._chunks[0][1]) <= floor:
-            start, chunk = self._chunks.popleft()
-            self.lo = start + len(chunk)
+        while self.lo < self.hi:
+            i = self.lo // CHUNK
+            stop = min((i + 1) * CHUNK, self.file_size)
+            if stop > floor:
+                break
+            chunk = self._chunks.pop(i)
             self.budget.give(len(chunk))
             self._held -= len(chunk)
+            self.lo = stop
 
     def close(self) -> None:
         with self._cond:
@@ -196,11 +233,24 @@ class RemoteReader:
         self._prefetch: Prefetch | None = None  # protected by _lock
         self._last_end: int | None = None  # protected by _lock
         self._misses = 0  # protected by _lock
+        self._failed: tuple[int, float, TimedOut] | None = None  # protected by _lock
 
     def read(self, offset: int, size: int) -> bytes:
         if offset >= self.size or size <= 0:
             return b""
         size = min(size, self.size - offset)
+        with self._lock:
+            failed = self._failed
+        if failed is not None and failed[0] == offset and time.monotonic() - failed[1] < FAILED_READ_MEMORY:
+            raise failed[2]
+        try:
+            return self._read(offset, size)
+        except TimedOut as exc:
+            with self._lock:
+                self._failed = (offset, time.monotonic(), exc)
+            raise
+
+    def _read(self, offset: int, size: int) -> bytes:
         with self._lock:
             prefetch = self._prefetch
             if prefetch is None and offset == self._last_end:
@@ -208,9 +258,9 @@ class RemoteReader:
         if prefetch is not None:
             try:
                 data = prefetch.get(offset, size)
-            except ProtocolError:
+            except (ProtocolError, TimedOut):
                 self.close()
-                raise  # the server broke its promise: EIO, never wrong bytes
+                raise  # the server broke its promise (EIO, never wrong bytes) or is silent
             except Exception as exc:  # noqa: BLE001 - a broken stream: fall back to a ranged read
                 log.info("read-ahead of %s stopped (%s); reading by range", self.path, exc)
                 self.close()

@@ -54,6 +54,7 @@ from agavefs.vfs.spool import SpoolFile, SpoolStore
 log = logging.getLogger("agavefs.upload")
 
 TEMP_PREFIX = ".agavefs~"
+PROGRESS_MIN = 64 * 1024 * 1024  # uploads this large log their progress
 
 
 def is_temp_name(name: str) -> bool:
@@ -163,14 +164,17 @@ class WriteBack:
             t.start()
 
     # -- public ----------------------------------------------------------------
-    def submit(self, job: Job, write_record: bool = True) -> None:
+    def submit(self, job: Job, write_record: bool = True, delay: float = 0.0) -> None:
+        """Queue ``job``; its upload starts after ``delay`` seconds (a short grace lets
+        a version that is superseded at once, as ``echo x > f`` does through dup2, be
+        cancelled before it is sent)."""
         if write_record:
             self.store.write_record(job.record())
         self.store.set_freeable(job.size)
         with self._cond:
             self.jobs[job.id] = job
         log.info("upload queued: %s (%d bytes)", job.node.path, job.size)
-        self._schedule(0, "upload", job)
+        self._schedule(delay, "upload", job)
 
     def cancel(self, job: Job) -> None:
         """Stop a job: it deletes what it sent and never touches the target.
@@ -191,11 +195,42 @@ class WriteBack:
         if queued:
             self._finish(job, cancelled=True)
 
+    @staticmethod
+    def _progress_logger(target: str):
+        """A progress(sent, total) callback logging each quarter of a large upload."""
+        shown = [0]
+
+        def progress(sent: int, total: int) -> None:
+            quarter = sent * 4 // total if total else 4
+            if 0 < quarter < 4 and quarter > shown[0]:
+                shown[0] = quarter
+                log.info("uploading %s: %.1f of %.1f MiB (%d%%)", target, sent / 2**20, total / 2**20,
+                         quarter * 25)
+        return progress
+
     def persist(self, job: Job) -> None:
         """Rewrite the job's journal record (new path, new leftovers)."""
         with job.record_lock:
             if not job.cancelled and not job.closed:
                 self.store.write_record(job.record())
+
+    def persist_or_warn(self, job: Job) -> None:
+        """persist(), but a full or failing cache disk does not stop the step: the
+        uploads it would block are what frees the disk.  The record on disk still
+        names the data; only a hidden remote leftover may go unrecorded (garbage, never
+        lost data)."""
+        try:
+            self.persist(job)
+        except OSError as exc:
+            log.warning("could not update the journal record of %s (%s); going on", job.node.path, exc)
+
+    def remote_files_under(self, prefix: str) -> list[Job]:
+        """Jobs, cancelled ones included, with a temporary or aside file on the server
+        below the directory ``prefix`` (ending in "/"): their cleanup names those paths."""
+        with self._cond:
+            jobs = list(self.jobs.values())
+        return [j for j in jobs if not j.finishing and any(
+            isinstance(p, str) and p.startswith(prefix) for p in [j.temp, *j.leftovers])]
 
     def pending(self) -> list[Job]:
         """Jobs carrying data (cancelled ones only clean up after themselves)."""
@@ -299,15 +334,28 @@ class WriteBack:
             if job.cancelled:
                 return self._cleanup_cancelled(job)
             with self.owner.lock:
-                target = job.node.path
-            parent = posixpath.dirname(target)
-            if job.temp:
-                job.leftovers.append(job.temp)
-            job.temp = temp_path(parent)
-            job.state = "uploading"
-            self.persist(job)  # the temporary name is recorded before anything is sent
+                # the target and the state change together under the VFS lock: a directory
+                # rename (VFS._rename_dir) either sees this job busy and waits for it, or
+                # has already moved the node, so the temporary file goes where the node is.
+                # Under _cond too: cancel() either sees "uploading" (and leaves the cleanup
+                # of what this sends to the job) or has set `cancelled` before this check
+                # (a cancelled job that still uploaded would leave its file on the server).
+                with self._cond:
+                    stop = job.cancelled
+                    if not stop:
+                        job.state = "uploading"
+                if not stop:
+                    target = job.node.path
+                    parent = posixpath.dirname(target)
+                    if job.temp:
+                        job.leftovers.append(job.temp)
+                    job.temp = temp_path(parent)
+            if stop:
+                return self._cleanup_cancelled(job)
+            self.persist_or_warn(job)  # the temporary name is recorded before anything is sent
             log.info("uploading %s (%d bytes, attempt %d)", target, job.size, job.attempts + 1)
-            self.backend.upload(job.spool.path, parent, posixpath.basename(job.temp))
+            self.backend.upload(job.spool.path, parent, posixpath.basename(job.temp),
+                                progress=self._progress_logger(target) if job.size >= PROGRESS_MIN else None)
         job.state = "staging"
         job.poll_delay = 0.05
         job.last_seen = None
@@ -352,7 +400,7 @@ class WriteBack:
     def _move_into_place(self, job: Job, target: str) -> None:
         def note_aside(aside: str) -> None:
             job.leftovers.append(aside)
-            self.persist(job)
+            self.persist_or_warn(job)
         replace_remote(self.backend, job.temp, target, note_aside)
 
     def _delete_leftovers(self, job: Job) -> None:

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import Mount, is_live_mount
+from mountsupport import Mount, is_live_mount
 
 
 def media_gets(entries, since=0):

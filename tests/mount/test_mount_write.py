@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Mount
+from mountsupport import Mount
+from helpers import digest_tree
 
 HIDDEN = ".agavefs~"
 
@@ -44,18 +45,7 @@ def make_tree(root: Path, seed: int = 0, files: int = 40) -> Path:
 
 
 def assert_same_tree(a: Path, b: Path) -> None:
-    def walk(root: Path):
-        out = {}
-        for dirpath, dirnames, filenames in os.walk(root):
-            rel = os.path.relpath(dirpath, root)
-            for name in dirnames:
-                out[os.path.normpath(os.path.join(rel, name))] = None
-            for name in filenames:
-                with open(os.path.join(dirpath, name), "rb") as f:
-                    out[os.path.normpath(os.path.join(rel, name))] = hashlib.sha256(f.read()).hexdigest()
-        return out
-
-    ta, tb = walk(a), walk(b)
+    ta, tb = digest_tree(a), digest_tree(b)
     assert ta == tb
     assert not any(HIDDEN in k for k in tb)
 
@@ -271,3 +261,15 @@ def test_write_2gib_keeps_the_daemon_small(mnt: Mount, emu):
     assert got.hexdigest() == digest.hexdigest()
     print(f"daemon peak RSS while writing 2 GiB: {peak_kib / 1024:.1f} MiB")
     assert peak_kib < 150 * 1024
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_drains_then_unmounts(emulator_factory, mount_factory, sig):
+    emu = emulator_factory("--staging-delay", "1.5")
+    m = mount_factory(emu)
+    (m.path / "on-signal.txt").write_text("drained before exit")
+    m.proc.send_signal(sig)
+    assert m.proc.wait(60) == 0
+    assert not os.path.ismount(m.path)
+    assert (emu.home() / "on-signal.txt").read_text() == "drained before exit"
+    assert not list((m.cache_dir / "journal").glob("*.json"))

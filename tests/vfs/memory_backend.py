@@ -96,7 +96,7 @@ class MemoryBackend:
                 raise NotFound(path)
             return _Stream(self.files[path][offset:])
 
-    def upload(self, local_path, dir_path, name):
+    def upload(self, local_path, dir_path, name, progress=None):
         self._call("upload")
         with open(local_path, "rb") as f:
             data = f.read()

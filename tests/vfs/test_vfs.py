@@ -170,8 +170,10 @@ def test_truncate_without_open(backend, make_vfs):
 
 
 def test_fsync_reports_failure_then_upload_lands(backend, make_vfs):
-    vfs = make_vfs(backend)
-    backend.fail_next["upload"] = 1
+    # failed attempts are waited out for op_timeout (a server restart is absorbed);
+    # uploads failing for longer than that fail the fsync, and land later
+    vfs = make_vfs(backend, op_timeout=1)
+    backend.fail_next["upload"] = 3
     fh = vfs.create("/f")
     vfs.write(fh, b"abc", 0)
     with pytest.raises(AgaveFSError) as exc:
