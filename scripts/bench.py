@@ -1357,7 +1357,10 @@ def main(argv=None) -> int:
         write_docs(text, results)
     print(text)
     log(f"results in {results}")
-    shutil.rmtree(work, ignore_errors=True)
+    if not os.environ.get("AGAVEFS_BENCH_KEEP"):  # keep the mount logs for a look
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        log(f"work folder kept: {work}")
     return 0
 
 

@@ -237,7 +237,12 @@ class Transport:
                  logger: logging.Logger | None = None, stats: ClientStats | None = None,
                  redact: Redactor | None = None):
         self.base_url = base_url.rstrip("/")
-        self.verify = verify
+        # The environment (proxy variables, REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE) is read once
+        # here; sessions run with trust_env off, because requests otherwise re-reads and
+        # re-parses the whole environment on every request (~10% of a small request's CPU).
+        env = requests.Session().merge_environment_settings(self.base_url, {}, None, verify, None)
+        self.verify = env["verify"]
+        self._proxies = env["proxies"]
         self.workers = max(1, int(workers))
         self.connect_timeout = float(connect_timeout)
         self.read_timeout = float(read_timeout)
@@ -267,6 +272,8 @@ class Transport:
             s.mount("https://", adapter)
             s.mount("http://", adapter)
             s.headers["User-Agent"] = "agavefs-client"
+            s.trust_env = False  # read once in __init__
+            s.proxies.update(self._proxies)
             with self._sessions_lock:
                 old = self._by_thread.get(key)
                 if old is not None:  # cannot happen (one thread), but never leak one

@@ -15,8 +15,13 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from agavefs.vfs.spool import SpoolFile
+
+if TYPE_CHECKING:
+    from agavefs.vfs.reader import RemoteReader
 
 
 class FileNode:
@@ -43,3 +48,27 @@ class FileNode:
 
     def busy(self) -> bool:
         return self.writers > 0 or bool(self.jobs) or self.dirty
+
+
+BLOCK = 4096  # st_blksize-ish unit: the size shown for directories, statfs blocks
+
+
+def is_trash_name(name: str) -> bool:
+    """A desktop trash can (``.Trash``, ``.Trash-UID``), refused at the mount root."""
+    return name == ".Trash" or name.startswith(".Trash-")
+
+
+@dataclass
+class Handle:
+    path: str
+    writable: bool
+    node: FileNode | None = None
+    reader: RemoteReader | None = None
+    entries: list | None = None  # directory handles: the listing snapshot
+    size: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    # written or truncated through this handle since its last flush: only then does a
+    # flush seal (a shell's `> file` or dd closes a duplicate of a fresh, still empty
+    # descriptor first; sealing there would upload an empty version of a file that is
+    # about to be written).  RELEASE seals whatever is left.
+    changed: bool = False

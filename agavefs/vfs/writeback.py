@@ -11,7 +11,7 @@ of worker threads, driven by a delay heap (as rclone's writeback does):
              staging never shows under the real name and never destroys an old
              version.  At most ``upload_workers`` run at once.
 ``poll``     one look at the staging state of the temporary file, rescheduled with
-             backoff (50 ms doubling to 1 s) while PENDING.  STAGING_FAILED, or no
+             backoff (20 ms growing 1.5x to 1 s) while PENDING.  STAGING_FAILED, or no
              progress for ``staging_timeout`` seconds (a lost job), means upload
              again.  Polls do not occupy upload slots, so thousands of files can
              wait out the queue together.
@@ -55,6 +55,12 @@ log = logging.getLogger("agavefs.upload")
 
 TEMP_PREFIX = ".agavefs~"
 PROGRESS_MIN = 64 * 1024 * 1024  # uploads this large log their progress
+
+# staging polls: soon after the upload (a small file or an idle server is done within
+# milliseconds), then less and less often (a busy server takes seconds to minutes)
+POLL_FIRST = 0.02
+POLL_GROWTH = 1.5
+POLL_MAX = 1.0
 
 
 def is_temp_name(name: str) -> bool:
@@ -115,6 +121,7 @@ class Job:
         self.mtime = mtime
         self.state = "queued"
         self.attempts = 0
+        self.held = False  # queued by a flush that wrote nothing; the VFS lets it go at release
         self.last_error: str | None = None
         self.last_errno: int | None = None
         self.cancelled = False
@@ -129,7 +136,7 @@ class Job:
         self.failures = 0
         self.started = time.time()
         # staging progress
-        self.poll_delay = 0.05
+        self.poll_delay = POLL_FIRST
         self.last_seen: object = None
         self.last_progress = 0.0
 
@@ -254,6 +261,7 @@ class WriteBack:
     def drain(self, progress=None, timeout: float | None = None, interval: float = 1.0) -> bool:
         """Wait until no job is left; call ``progress(files, bytes)`` as it goes."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._hurry()
         last = 0.0
         while True:
             jobs = self.pending()
@@ -279,6 +287,23 @@ class WriteBack:
                 t.join(60)
 
     # -- scheduling --------------------------------------------------------------
+    def _hurry(self) -> None:
+        """Uploads still waiting out their grace start now (an unmount is waiting)."""
+        self._advance(None, 0.0)
+
+    def expedite(self, job: Job, delay: float) -> None:
+        """``job``'s first upload starts within ``delay`` seconds."""
+        self._advance(job, delay)
+
+    def _advance(self, job: Job | None, delay: float) -> None:
+        """Bring forward the first upload of ``job`` (of every job: None) to now + delay."""
+        due = time.monotonic() + delay
+        with self._cond:
+            self._heap = [(min(d, due) if step == "upload" and not j.attempts and job in (None, j) else d,
+                           tie, step, j) for d, tie, step, j in self._heap]
+            heapq.heapify(self._heap)
+            self._cond.notify_all()
+
     def _schedule(self, delay: float, step: str, job: Job) -> None:
         with self._cond:
             heapq.heappush(self._heap, (time.monotonic() + delay, next(self._tiebreak), step, job))
@@ -357,7 +382,7 @@ class WriteBack:
             self.backend.upload(job.spool.path, parent, posixpath.basename(job.temp),
                                 progress=self._progress_logger(target) if job.size >= PROGRESS_MIN else None)
         job.state = "staging"
-        job.poll_delay = 0.05
+        job.poll_delay = POLL_FIRST
         job.last_seen = None
         job.last_progress = time.monotonic()
         if getattr(self.backend, "synchronous_upload", False):
@@ -382,7 +407,7 @@ class WriteBack:
         if state is Staging.LOST or now - job.last_progress > self.staging_timeout:
             raise AgaveFSError(f"the staging of {job.node.path} made no progress for "
                                f"{self.staging_timeout:.0f} s (lost)")
-        job.poll_delay = min(1.0, job.poll_delay * 2)
+        job.poll_delay = min(POLL_MAX, job.poll_delay * POLL_GROWTH)
         self._schedule(job.poll_delay, "poll", job)
 
     def _step_finalize(self, job: Job) -> None:
