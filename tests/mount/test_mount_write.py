@@ -63,6 +63,25 @@ def test_cp_a_and_cat(mnt: Mount, emu, tmp_path):
     assert_same_tree(src, emu.home() / "copy")
 
 
+def test_shell_redirect_and_dd_send_one_upload_per_file(mnt: Mount, emu, tmp_path):
+    """`cat src > f` and dd close a duplicate of the fresh, still empty file before
+    writing: that close must not upload an empty version (one upload per file), and
+    the file must still be journaled (tests/reliability/test_kill9.py)."""
+    src = tmp_path / "src.bin"
+    src.write_bytes(random.Random(5).randbytes(3 * 1024 * 1024 + 7))
+    # the pause outlasts the upload grace: an empty version sealed at the first close
+    # would be on its way before the bytes come
+    run("sh", "-c", f"{{ sleep 1; cat '{src}'; }} > '{mnt.path / 'redirected.bin'}'")
+    run("dd", f"if={src}", f"of={mnt.path / 'dd.bin'}", "bs=1M", "status=none")
+    run("sh", "-c", f": > '{mnt.path / 'empty.txt'}'")
+    finish(mnt)
+    for name in ("redirected.bin", "dd.bin"):
+        assert (emu.home() / name).read_bytes() == src.read_bytes()
+    assert (emu.home() / "empty.txt").read_bytes() == b""
+    uploads = [e for e in emu.access_entries() if e["method"] == "POST" and "/files/v2/media/" in e["path"]]
+    assert len(uploads) == 3, [(e["path"], e["bytes_in"]) for e in uploads]
+
+
 def test_rsync_a_twice(mnt: Mount, emu, tmp_path):
     if shutil.which("rsync") is None:
         pytest.fail("rsync is not installed (scripts/setup.sh installs it)")
