@@ -292,3 +292,17 @@ def test_signal_drains_then_unmounts(emulator_factory, mount_factory, sig):
     assert not os.path.ismount(m.path)
     assert (emu.home() / "on-signal.txt").read_text() == "drained before exit"
     assert not list((m.cache_dir / "journal").glob("*.json"))
+
+
+def test_append_after_the_kernel_entry_expired_keeps_the_content(mount_factory, emu):
+    """`>>` opens with O_CREAT|O_APPEND; once the kernel's entry for the name has
+    expired it sends CREATE without a lookup, and the file must be opened, not replaced."""
+    m = mount_factory(emu, "--attr-ttl", "1", "--dir-ttl", "1", "--negative-ttl", "1")
+    (emu.home() / "log.txt").write_bytes(b"line 1\n" * 1000)
+    assert (m.path / "log.txt").stat().st_size == 7000
+    time.sleep(2.5)  # past entry_timeout/attr_timeout
+    run("sh", "-c", f"echo 'line 2' >> '{m.path / 'log.txt'}'")
+    with pytest.raises(FileExistsError):
+        os.open(m.path / "log.txt", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    finish(m)
+    assert (emu.home() / "log.txt").read_bytes() == b"line 1\n" * 1000 + b"line 2\n"
