@@ -25,7 +25,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -83,9 +82,6 @@ def _lock_cache_dir(path: str):
         f.close()
         return None
     return f
-
-
-GIL_SWITCH_INTERVAL = 0.0005  # seconds (Python default 0.005)
 
 
 def _raise_readahead(mountpoint: str, kib: int = 1024) -> None:
@@ -212,10 +208,6 @@ def mount_error_sentence(exc: AgaveFSError, system: str | None, path: str | None
 
 
 def run_daemon(args, system, path, mountpoint, extra_fuse_opts) -> int:
-    # FUSE callbacks are short and latency-bound; upload, staging and read-ahead threads
-    # are busy in Python.  With the default 5 ms GIL switch interval each FUSE call can
-    # wait that long for the GIL behind them (creating a small file takes ~6 calls).
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     logs.setup(args.verbose, args.log_file, args.log_json)
     ready = _Ready(args.ready_fd)
     try:

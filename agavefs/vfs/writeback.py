@@ -261,7 +261,7 @@ class WriteBack:
     def drain(self, progress=None, timeout: float | None = None, interval: float = 1.0) -> bool:
         """Wait until no job is left; call ``progress(files, bytes)`` as it goes."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._hurry()
+        self._advance(None, 0.0)  # graces end: an unmount is waiting
         last = 0.0
         while True:
             jobs = self.pending()
@@ -287,10 +287,6 @@ class WriteBack:
                 t.join(60)
 
     # -- scheduling --------------------------------------------------------------
-    def _hurry(self) -> None:
-        """Uploads still waiting out their grace start now (an unmount is waiting)."""
-        self._advance(None, 0.0)
-
     def expedite(self, job: Job, delay: float) -> None:
         """``job``'s first upload starts within ``delay`` seconds."""
         self._advance(job, delay)

@@ -314,9 +314,8 @@ class WriteOps:
             spool = node.spool.incref()
             mtime = node.mtime
         try:
-            job = self._queue(node, spool, mtime, delay=self._grace(spool.size) if delay is None else delay,
-                              clean=True, held=delay == HOLD_UNTIL_RELEASE)
-            return job
+            return self._queue(node, spool, mtime, delay=self._grace(spool.size) if delay is None else delay,
+                               clean=True, held=delay == HOLD_UNTIL_RELEASE)
         except BaseException:
             with self.lock:
                 node.sealed, node.dirty = False, True
