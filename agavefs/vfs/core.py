@@ -110,13 +110,21 @@ class VFS(NamespaceOps, WriteOps):
             raise NotFound(path)
         if cached is not None:
             return cached
-        try:
-            entry = self.backend.stat(path)
-        except NotFound:
-            self.meta.put_absent(path)
-            raise
-        self.meta.put(path, entry)
-        return entry
+        for _ in range(3):
+            fetch = self.meta.begin_stat(path)
+            try:
+                entry = self.backend.stat(path)
+            except NotFound:
+                entry = None
+            except BaseException:
+                self.meta.end_stat(fetch)
+                raise
+            known = self.meta.put_stat(fetch, entry)  # a change made meanwhile wins
+            if known is ABSENT:
+                raise NotFound(path)
+            if known is not None:
+                return known
+        raise AgaveFSError(f"{path}: changed during every lookup", errno=errno.EAGAIN)
 
     def _relist_for_lookup(self, parent: str) -> bool:
         """A name missing from a cached listing that is too old to prove absence:
@@ -163,7 +171,7 @@ class VFS(NamespaceOps, WriteOps):
 
     def _maybe_forget(self, node: FileNode) -> None:
         """Call with lock held: drop a node that has nothing left to do."""
-        if node.writers == 0 and not node.jobs and (not node.dirty or node.deleted):
+        if node.writers == 0 and node.readers == 0 and not node.jobs and (not node.dirty or node.deleted):
             self._release_spool(node)
             self._drop_node(node)
 
@@ -200,7 +208,9 @@ class VFS(NamespaceOps, WriteOps):
             if path is None:
                 if handle is None:
                     raise AgaveFSError("stale file handle", errno=errno.ESTALE)
-                return self.attr_of(Entry("", False, handle.size, time.time()))
+                if handle.node is not None:  # its last version landed; the node keeps its attributes
+                    return self.attr_of(self._node_entry(handle.node))
+                return self.attr_of(Entry("", False, handle.size, handle.mtime))
         return self.attr_of(self._entry(path))
 
     def readdir(self, path: str) -> list[tuple[str, dict | None]]:
@@ -306,11 +316,18 @@ class VFS(NamespaceOps, WriteOps):
                     raise PermissionDenied(path)
             if not writing:
                 if node is not None:
+                    with self.lock:
+                        if self.nodes.get(path) is not node or not node.local:
+                            continue  # its last upload landed meanwhile: read the server's copy
+                        # a reader keeps the node (and its spool) until it closes: the
+                        # kernel keeps the size it was told, so the content must not change
+                        # under it when the upload lands and the writer has gone
+                        node.readers += 1
                     return self._new_handle(Handle(path, False, node=node))
                 reader = RemoteReader(self.backend, path, entry.size, window_min=self.opts.readahead_min,
                                       window_max=self.opts.readahead_max, budget=self.budget,
                                       timeout=self.opts.op_timeout)
-                return self._new_handle(Handle(path, False, reader=reader, size=entry.size))
+                return self._new_handle(Handle(path, False, reader=reader, size=entry.size, mtime=entry.mtime))
             with self.lock:
                 node = self.nodes.get(path)
                 if node is None or node.deleted:
@@ -374,6 +391,10 @@ class VFS(NamespaceOps, WriteOps):
             handle.reader.close()
         if handle.writable:
             self._writer_gone(handle.node)
+        elif handle.node is not None:
+            with self.lock:
+                handle.node.readers -= 1
+                self._maybe_forget(handle.node)
 
     # ------------------------------------------------------------------ lifecycle
     def drain(self, progress=None, timeout: float | None = None) -> bool:

@@ -22,7 +22,11 @@ A listing fetched from the server may be older than a change made through the mo
 while it was in flight (an upload renamed into place, a delete, a rename): the fetch
 is registered (``begin_listing``), changes to its directory's children are recorded
 on it meanwhile, and ``put_listing`` applies them to what the server sent.  A fetch of
-a directory that was removed or renamed meanwhile is returned but not cached.
+a directory that was removed or renamed meanwhile is returned but not cached.  A stat
+of one path is registered the same way (``begin_stat``/``put_stat``): when the path
+changed through the mount while the request was in flight, the change wins (a stat
+sent just before an upload was renamed into place would otherwise cache the old size,
+or the absence of a file that now exists).
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ class MetaCache:
         self.hits = 0
         self.misses = 0
         self._fetches: dict[str, list[ListingFetch]] = {}  # dir -> fetches in flight
+        self._stats: dict[str, list[ListingFetch]] = {}  # path -> stats in flight
 
     # -- reads -------------------------------------------------------------
     def lookup(self, path: str):
@@ -133,12 +138,41 @@ class MetaCache:
         with self._lock:
             self._end(fetch)
 
-    def _end(self, fetch: ListingFetch) -> None:
-        fetches = self._fetches.get(fetch.path)
+    def _end(self, fetch: ListingFetch, table: dict | None = None) -> None:
+        table = self._fetches if table is None else table
+        fetches = table.get(fetch.path)
         if fetches is not None and fetch in fetches:
             fetches.remove(fetch)
             if not fetches:
-                del self._fetches[fetch.path]
+                del table[fetch.path]
+
+    def begin_stat(self, path: str) -> ListingFetch:
+        fetch = ListingFetch(path)
+        with self._lock:
+            self._stats.setdefault(path, []).append(fetch)
+        return fetch
+
+    def put_stat(self, fetch: ListingFetch, entry: Entry | None):
+        """The server's answer to a stat (None: not found), unless the path changed
+        through the mount meanwhile: then what the mount did.  Returns an Entry,
+        ABSENT, or None (the path moved or went away meanwhile: ask again)."""
+        with self._lock:
+            self._end(fetch, self._stats)
+            if fetch.void:
+                return None
+            if fetch.changes:
+                newest = fetch.changes[-1][1]
+                return ABSENT if newest is None else newest
+        if entry is None:
+            self.put_absent(fetch.path)
+            return ABSENT
+        self.put(fetch.path, entry)
+        return entry
+
+    def end_stat(self, fetch: ListingFetch) -> None:
+        """Forget a stat that failed."""
+        with self._lock:
+            self._end(fetch, self._stats)
 
     def _note(self, path: str, entry: Entry | None) -> None:
         """Call with _lock held: a child changed through the mount."""
@@ -146,12 +180,15 @@ class MetaCache:
             parent, name = posixpath.split(path)
             for fetch in self._fetches.get(parent, ()):
                 fetch.changes.append((name, entry))
+        if self._stats:
+            for fetch in self._stats.get(path, ()):
+                fetch.changes.append((path, entry))
 
     def _void(self, path: str) -> None:
         """Call with _lock held: ``path`` and everything below it moved or went away."""
-        if self._fetches:
-            prefix = path.rstrip("/") + "/"
-            for d, fetches in self._fetches.items():
+        prefix = path.rstrip("/") + "/"
+        for table in (self._fetches, self._stats):
+            for d, fetches in table.items():
                 if d == path or d.startswith(prefix):
                     for fetch in fetches:
                         fetch.void = True

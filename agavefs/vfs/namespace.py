@@ -21,7 +21,7 @@ import posixpath
 import time
 
 from agavefs.errors import (AgaveFSError, AlreadyExists, InvalidArgument, IsADirectory, NotADirectory,
-                            NotEmpty, NotFound, PermissionDenied, Unsupported)
+                            NotEmpty, NotFound, PermissionDenied, ProtocolError, Transient, Unsupported)
 from agavefs.vfs.backend import Entry
 from agavefs.vfs.nodes import BLOCK, FileNode, is_trash_name
 from agavefs.vfs.writeback import is_temp_name, replace_remote
@@ -32,8 +32,21 @@ log = logging.getLogger("agavefs.vfs")
 class NamespaceOps:
     """mkdir/rmdir/unlink/rename for ``VFS``."""
 
+    # ------------------------------------------------------------------ outcome unknown
+    def _unsure(self, *paths: str):
+        """Context for a change whose failure may leave it done on the server (a
+        timeout, a frozen or restarting server): forget what the cache knows of the
+        paths and their directories, so that the next call asks the server instead
+        of acting on a state that may be gone (and, say, deleting the target of a
+        rename whose source already moved)."""
+        return _Unsure(self.meta, paths)
+
     # ------------------------------------------------------------------ namespace
     def mkdir(self, path: str) -> None:
+        with self._unsure(path):
+            self._mkdir(path)
+
+    def _mkdir(self, path: str) -> None:
         self.check_path(path)
         self.check_new_name(path)
         self._readonly()
@@ -72,6 +85,10 @@ class NamespaceOps:
         return [n for p, n in self.nodes.items() if p.startswith(prefix)]
 
     def rmdir(self, path: str) -> None:
+        with self._unsure(path):
+            self._rmdir(path)
+
+    def _rmdir(self, path: str) -> None:
         self.check_path(path)
         self._readonly()
         if path == "/":
@@ -90,6 +107,10 @@ class NamespaceOps:
         self.meta.removed(path)
 
     def unlink(self, path: str) -> None:
+        with self._unsure(path):
+            self._unlink(path)
+
+    def _unlink(self, path: str) -> None:
         self.check_path(path)
         self._readonly()
         with self.lock:
@@ -120,6 +141,10 @@ class NamespaceOps:
         self.meta.removed(path)
 
     def rename(self, old: str, new: str) -> None:
+        with self._unsure(old, new):
+            self._rename(old, new)
+
+    def _rename(self, old: str, new: str) -> None:
         self.check_path(old)
         self.check_path(new)
         self.check_new_name(new)
@@ -137,11 +162,9 @@ class NamespaceOps:
         except NotFound:
             dst = None
         if src.is_dir:
-            if dst is not None:
-                if not dst.is_dir:
-                    raise NotADirectory(new)
-                self.rmdir(new)  # ENOTEMPTY unless empty
-            self._rename_dir(old, new, src)
+            if dst is not None and not dst.is_dir:
+                raise NotADirectory(new)
+            self._rename_dir(old, new, src, dst is not None)
         else:
             if dst is not None and dst.is_dir:
                 raise IsADirectory(new)
@@ -194,7 +217,7 @@ class NamespaceOps:
         self.meta.put(new, Entry(posixpath.basename(new), False, src.size, src.mtime, src.readable,
                                  src.writable))
 
-    def _rename_dir(self, old: str, new: str, src: Entry) -> None:
+    def _rename_dir(self, old: str, new: str, src: Entry, dst_exists: bool) -> None:
         prefix = old.rstrip("/") + "/"
         deadline = time.monotonic() + self.opts.op_timeout
         # uploads in flight below the directory have temporary files in it (cancelled ones
@@ -216,8 +239,11 @@ class NamespaceOps:
             if time.monotonic() > deadline:
                 raise AgaveFSError(f"{old}: uploads below it are still in flight", errno=errno.EBUSY)
             busy[0].finished.wait(0.2)
+        aside = None
         try:
-            if posixpath.dirname(old) == posixpath.dirname(new):
+            if dst_exists:
+                aside = self._replace_empty_dir(old, new)
+            elif posixpath.dirname(old) == posixpath.dirname(new):
                 self.backend.rename(old, posixpath.basename(new))
             else:
                 self.backend.move(old, new)
@@ -231,13 +257,56 @@ class NamespaceOps:
         for node in moved:
             for job in list(node.jobs):
                 self.writeback.persist(job)
+        if aside is not None:
+            self._delete_if_empty(aside)
         self.meta.removed(old)
         self.meta.forget(new)
         self.meta.put(new, Entry(posixpath.basename(new), True, src.size, src.mtime, src.readable,
                                  src.writable))
+
+    def _replace_empty_dir(self, old: str, new: str) -> str | None:
+        """rename(2) of a directory onto an empty one.  The server refuses to move
+        onto an existing name, so the empty target is renamed aside, the source put
+        in place, and the target put back if that fails: a source that is gone (moved
+        meanwhile by someone else, or by a request of ours that timed out and was
+        carried out late) costs nothing.  Returns the aside path."""
+        with self.lock:
+            if any(n.local for n in self._nodes_under(new)):
+                raise NotEmpty(new)
+        me, children = self.backend.list(new)  # emptiness is checked on the server
+        if any(not is_temp_name(c.name) for c in children):
+            self.meta.put_listing(new, me, children)
+            raise NotEmpty(new)
+        return replace_remote(self.backend, old, new)
+
+    def _delete_if_empty(self, path: str) -> None:
+        try:
+            _me, children = self.backend.list(path)
+            if any(not is_temp_name(c.name) for c in children):
+                log.warning("left %s in place: something was put in it meanwhile", path)
+                return
+            self.backend.delete(path)
+        except Exception as exc:  # noqa: BLE001 - a hidden empty leftover, not data
+            log.warning("could not delete the replaced directory at %s: %s", path, exc)
 
     def _delete_quietly(self, path: str) -> None:
         try:
             self.backend.delete(path)
         except Exception as exc:  # noqa: BLE001 - a hidden leftover, not data
             log.warning("could not delete the old version at %s: %s", path, exc)
+
+
+class _Unsure:
+    def __init__(self, meta, paths):
+        self.meta = meta
+        self.paths = paths
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is not None and isinstance(exc, (Transient, ProtocolError)):
+            for path in self.paths:
+                self.meta.forget(path)
+                self.meta.invalidate_listing(posixpath.dirname(path))
+        return False

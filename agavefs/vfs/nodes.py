@@ -35,6 +35,7 @@ class FileNode:
         self.size = remote_size  # size as the mount shows it
         self.mtime = time.time()
         self.writers = 0  # open write handles
+        self.readers = 0  # open read-only handles reading the spool
         self.dirty = False  # changed since the last upload was queued
         self.deleted = False  # unlinked while open
         self.jobs: list = []  # upload jobs not finished, oldest first
@@ -47,7 +48,7 @@ class FileNode:
         return self.spool is not None and not self.deleted
 
     def busy(self) -> bool:
-        return self.writers > 0 or bool(self.jobs) or self.dirty
+        return self.writers > 0 or self.readers > 0 or bool(self.jobs) or self.dirty
 
 
 BLOCK = 4096  # st_blksize-ish unit: the size shown for directories, statfs blocks
@@ -66,6 +67,7 @@ class Handle:
     reader: RemoteReader | None = None
     entries: list | None = None  # directory handles: the listing snapshot
     size: int = 0
+    mtime: float = 0.0  # remote files: the modification time when opened
     lock: threading.Lock = field(default_factory=threading.Lock)
     # written or truncated through this handle since its last flush: only then does a
     # flush seal (a shell's `> file` or dd closes a duplicate of a fresh, still empty

@@ -306,3 +306,27 @@ def test_append_after_the_kernel_entry_expired_keeps_the_content(mount_factory, 
         os.open(m.path / "log.txt", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     finish(m)
     assert (emu.home() / "log.txt").read_bytes() == b"line 1\n" * 1000 + b"line 2\n"
+
+
+def test_reader_open_when_the_upload_lands_sees_the_content(mount_factory, emu):
+    """The soak's find: fsync lands a file, a reader opens it, the writer closes; the
+    file's local state went away under the open reader, and the attributes the kernel
+    asks for by file handle before a read said size 0: it read nothing."""
+    m = mount_factory(emu, "--attr-ttl", "0.5")
+    data = b"landed " * 3000
+    wfd = os.open(m.path / "f.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(wfd, data)
+        os.fsync(wfd)
+        rfd = os.open(m.path / "f.bin", os.O_RDONLY)
+    finally:
+        os.close(wfd)
+    try:
+        time.sleep(1.0)  # the writer's release has run; past --attr-ttl, a read asks the mount
+        assert os.pread(rfd, len(data) + 100, 0) == data  # (the kernel asks by file handle)
+        assert os.fstat(rfd).st_size == len(data)
+    finally:
+        os.close(rfd)
+    assert (m.path / "f.bin").read_bytes() == data
+    finish(m)
+    assert (emu.home() / "f.bin").read_bytes() == data

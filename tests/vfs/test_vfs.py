@@ -128,6 +128,84 @@ def test_rename_over_existing_replaces(backend, make_vfs):
     assert read_file(vfs, "/target") == b"new content"
 
 
+def test_rename_dir_over_empty_dir(backend, make_vfs):
+    backend.put("/src/f", b"kept")
+    backend.mkdir("/dst")
+    backend.put("/full/g", b"g")
+    vfs = make_vfs(backend)
+    with pytest.raises(AgaveFSError) as exc:
+        vfs.rename("/src", "/full")
+    assert exc.value.errno == errno.ENOTEMPTY
+    vfs.rename("/src", "/dst")
+    assert backend.files == {"/dst/f": b"kept", "/full/g": b"g"}
+    assert backend.dirs == {"/", "/dst", "/full"}  # no directory left aside
+
+
+def test_rename_dir_over_empty_dir_keeps_it_when_the_source_is_gone(backend, make_vfs):
+    """The cache still shows a source that another client (or a request of ours that
+    timed out and was carried out late) moved away: the empty target must survive."""
+    backend.mkdir("/src")
+    backend.mkdir("/dst")
+    vfs = make_vfs(backend, attr_ttl=60, dir_ttl=60)
+    assert sorted(n for n, _ in vfs.readdir("/")) == [".", "..", "dst", "src"]
+    backend.rename("/src", "elsewhere")  # behind the mount's back
+    with pytest.raises(AgaveFSError) as exc:
+        vfs.rename("/src", "/dst")
+    assert exc.value.errno == errno.ENOENT
+    assert backend.dirs == {"/", "/dst", "/elsewhere"}
+
+
+def test_a_change_that_timed_out_forgets_the_cached_paths(backend, make_vfs):
+    backend.mkdir("/a")
+    backend.mkdir("/b")
+    vfs = make_vfs(backend, attr_ttl=60, dir_ttl=60, negative_ttl=60)
+    vfs.readdir("/")
+    vfs.readdir("/b")
+    backend.fail_next["move"] = 1
+    backend.fail_next["rename"] = 1
+    with pytest.raises(AgaveFSError) as exc:
+        vfs.rename("/a", "/b/a")
+    assert exc.value.errno in (errno.EIO, errno.ETIMEDOUT)
+    backend.move("/a", "/b/a")  # the server carried it out after all
+    lists = backend.calls.get("list", 0)
+    assert vfs.getattr("/b/a")["st_mode"] & 0o40000
+    with pytest.raises(AgaveFSError) as exc:
+        vfs.getattr("/a")
+    assert exc.value.errno == errno.ENOENT
+    assert backend.calls.get("list", 0) + backend.calls.get("stat", 0) > lists
+
+
+def test_reader_opened_before_the_writer_left_keeps_the_content(backend, make_vfs):
+    """fsync lands the file while it is open; a reader opens it (from the spool); the
+    writer closes, which used to drop the file's local state under the reader: an
+    fstat then said size 0 (and the kernel, trusting it, read nothing)."""
+    vfs = make_vfs(backend)
+    wfh = vfs.create("/f")
+    vfs.write(wfh, b"x" * 10, 0)
+    vfs.fsync(wfh)
+    assert backend.files == {"/f": b"x" * 10}
+    rfh = vfs.open("/f", os.O_RDONLY)
+    vfs.flush(wfh)
+    vfs.release(wfh)
+    assert vfs.drain(timeout=10)
+    assert vfs.getattr(None, rfh)["st_size"] == 10
+    assert vfs.getattr("/f")["st_size"] == 10
+    assert vfs.read(rfh, 0, 100) == b"x" * 10
+    vfs.release(rfh)
+    assert not vfs.nodes  # the last reader let it go
+    assert vfs.getattr("/f")["st_size"] == 10
+
+
+def test_fstat_of_a_remote_file_open_for_reading(backend, make_vfs):
+    backend.put("/r", b"abc")
+    vfs = make_vfs(backend)
+    fh = vfs.open("/r", os.O_RDONLY)
+    mtime = vfs.getattr("/r")["st_mtime"]
+    attrs = vfs.getattr(None, fh)
+    assert attrs["st_size"] == 3 and attrs["st_mtime"] == mtime
+    vfs.release(fh)
+
+
 def test_editor_save_pattern(backend, make_vfs):
     """write temp, fsync, rename over the original."""
     backend.put("/doc.txt", b"original")
