@@ -61,6 +61,7 @@ PROGRESS_MIN = 64 * 1024 * 1024  # uploads this large log their progress
 POLL_FIRST = 0.02
 POLL_GROWTH = 1.5
 POLL_MAX = 1.0
+CLEANUP_WAIT = 10.0  # an unmount waits this long for cancelled uploads to delete their files
 
 
 def is_temp_name(name: str) -> bool:
@@ -259,17 +260,33 @@ class WriteBack:
         return 0 if not job.cancelled else 0
 
     def drain(self, progress=None, timeout: float | None = None, interval: float = 1.0) -> bool:
-        """Wait until no job is left; call ``progress(files, bytes)`` as it goes."""
+        """Wait until no job is left; call ``progress(files, bytes)`` as it goes.
+
+        Cancelled jobs carry no data, but one that has sent its bytes leaves a hidden
+        temporary file on the server until it deletes it (once its staging is over):
+        those are waited for up to CLEANUP_WAIT seconds after the data is stored, then
+        left to the journal's tombstones (the next mount deletes them)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         self._advance(None, 0.0)  # graces end: an unmount is waiting
         last = 0.0
+        cleanup_until = None
         while True:
             jobs = self.pending()
-            if not jobs:
-                if progress:
-                    progress(0, 0)
-                return True
             now = time.monotonic()
+            if not jobs:
+                with self._cond:
+                    cleaning = any(not j.finishing for j in self.jobs.values())
+                if cleanup_until is None:
+                    cleanup_until = now + CLEANUP_WAIT
+                if not cleaning or now > cleanup_until or (deadline is not None and now > deadline):
+                    if cleaning:
+                        log.info("leaving the temporary files of cancelled uploads to the next mount "
+                                 "(journal tombstones)")
+                    if progress:
+                        progress(0, 0)
+                    return True
+                time.sleep(0.02)
+                continue
             if progress and now - last >= interval:
                 progress(len(jobs), sum(j.size for j in jobs))
                 last = now

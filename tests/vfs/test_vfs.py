@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 
 import pytest
 
@@ -204,6 +205,26 @@ def test_fstat_of_a_remote_file_open_for_reading(backend, make_vfs):
     attrs = vfs.getattr(None, fh)
     assert attrs["st_size"] == 3 and attrs["st_mtime"] == mtime
     vfs.release(fh)
+
+
+def test_drain_waits_for_cancelled_uploads_to_delete_their_files(backend, make_vfs):
+    """An unmount right after a pending upload was superseded must not leave the
+    cancelled version's hidden temporary file on the server (the model test found
+    one in the backing directory after `agavefs umount`)."""
+    backend.staging_delay = 0.3
+    vfs = make_vfs(backend)
+    write_file(vfs, "/a", b"A" * 10)
+    deadline = time.monotonic() + 10
+    while not backend.staging and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert backend.staging  # sent; the server is staging it
+    vfs.unlink("/a")
+    assert vfs.drain(timeout=10)
+    vfs.close(wait=True)  # what the daemon does next at an unmount
+    time.sleep(0.5)  # past the staging delay: whatever was still staged has landed now
+    with backend.lock:
+        backend._land()
+        assert backend.files == {} and backend.staging == {}
 
 
 def test_editor_save_pattern(backend, make_vfs):
