@@ -163,6 +163,34 @@ class VFS(NamespaceOps, WriteOps):
                 if not names:
                     del self._child_nodes[parent]
 
+    # -- read-only handles of remote files follow their file (POSIX: a descriptor
+    # -- names a file, not a path).  Call these with lock held.
+    def _remote_readers(self):
+        return [h for h in self.handles.values()
+                if h.reader is not None and h.node is None and not h.orphan]
+
+    def _bind_readers(self, node: FileNode) -> None:
+        """``node`` now holds local content of the remote file at its path: the
+        handles reading that file read it from the node (what any writer wrote)."""
+        for h in self._remote_readers():
+            if h.path == node.path:
+                h.node = node
+                node.readers += 1
+
+    def _orphan_readers(self, path: str) -> None:
+        """The remote file at ``path`` was deleted or renamed over."""
+        for h in self._remote_readers():
+            if h.path == path:
+                h.orphan = True
+
+    def _move_readers(self, old: str, new: str) -> None:
+        """``old`` (a file, or a directory and everything below it) is now ``new``."""
+        prefix = old.rstrip("/") + "/"
+        for h in self._remote_readers():
+            if h.path == old or h.path.startswith(prefix):
+                h.path = new + h.path[len(old):]
+                h.reader.path = h.path
+
     def _release_spool(self, node: FileNode) -> None:
         """Call with lock held: the node lets go of its spool file."""
         if node.spool is not None:
@@ -338,6 +366,7 @@ class VFS(NamespaceOps, WriteOps):
                     node = FileNode(path, remote_exists=True, remote_size=entry.size)
                     node.mtime = entry.mtime
                     self._add_node(node)
+                    self._bind_readers(node)
                 node.writers += 1
                 break
         try:
@@ -362,9 +391,12 @@ class VFS(NamespaceOps, WriteOps):
 
     def read(self, fh: int, offset: int, size: int) -> bytes:
         handle = self._handle(fh)
-        if handle.reader is not None:
-            return handle.reader.read(offset, size)
         node = handle.node
+        if node is None:
+            if handle.orphan:  # its name now holds another file, or nothing
+                raise AgaveFSError(f"{handle.path}: the file was deleted or replaced since it was opened",
+                                   errno=errno.EIO)
+            return handle.reader.read(offset, size)
         with self.lock:
             spool = node.spool.incref() if node.spool is not None and not node.base_pending else None
             remote_size = node.size

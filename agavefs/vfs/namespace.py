@@ -123,6 +123,8 @@ class NamespaceOps:
                 raise PermissionDenied(path)
             self.backend.delete(path)
             self.meta.removed(path)
+            with self.lock:
+                self._orphan_readers(path)
             return
         with node.ns_lock:
             with self.lock:
@@ -139,6 +141,8 @@ class NamespaceOps:
                 except NotFound:
                     pass
         self.meta.removed(path)
+        with self.lock:
+            self._orphan_readers(path)
 
     def rename(self, old: str, new: str) -> None:
         with self._unsure(old, new):
@@ -213,6 +217,9 @@ class NamespaceOps:
         finally:
             for n in reversed(locks):
                 n.ns_lock.release()
+        with self.lock:
+            self._orphan_readers(new)
+            self._move_readers(old, new)
         self.meta.removed(old)
         self.meta.put(new, Entry(posixpath.basename(new), False, src.size, src.mtime, src.readable,
                                  src.writable))
@@ -259,6 +266,8 @@ class NamespaceOps:
                 self.writeback.persist(job)
         if aside is not None:
             self._delete_if_empty(aside)
+        with self.lock:
+            self._move_readers(old, new)
         self.meta.removed(old)
         self.meta.forget(new)
         self.meta.put(new, Entry(posixpath.basename(new), True, src.size, src.mtime, src.readable,

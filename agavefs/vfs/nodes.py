@@ -68,6 +68,9 @@ class Handle:
     entries: list | None = None  # directory handles: the listing snapshot
     size: int = 0
     mtime: float = 0.0  # remote files: the modification time when opened
+    # a read-only handle of a remote file whose name was since deleted or renamed over:
+    # it keeps reading what it can, and no new local content of that name is its file
+    orphan: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
     # written or truncated through this handle since its last flush: only then does a
     # flush seal (a shell's `> file` or dd closes a duplicate of a fresh, still empty

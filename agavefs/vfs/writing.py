@@ -61,6 +61,8 @@ class WriteOps:
             else:
                 node = FileNode(path, remote_exists=remote_exists)
                 self._add_node(node)
+                if remote_exists is not False:  # O_CREAT on an existing file: the same file
+                    self._bind_readers(node)
             node.writers += 1
         try:
             self._start_writing(node, truncate=True)

@@ -31,7 +31,8 @@ class MountModel(RuleBasedStateMachine):
         os.mkdir(self.dir)
         self.contents: dict[int, bytearray] = {}  # file identity -> bytes
         self.names: dict[str, int] = {}  # name -> identity
-        self.fds: dict[int, int] = {}  # fd -> identity
+        self.fds: dict[int, int] = {}  # fd -> identity (read-write)
+        self.rfds: dict[int, int] = {}  # fd -> identity (read-only)
         self.next_id = 0
         self.steps = 0
 
@@ -44,9 +45,10 @@ class MountModel(RuleBasedStateMachine):
         return self.next_id
 
     def teardown(self):
-        for fd in list(self.fds):
+        for fd in [*self.fds, *self.rfds]:
             os.close(fd)
         self.fds.clear()
+        self.rfds.clear()
 
     # -- rules -----------------------------------------------------------------
     @rule(name=s.sampled_from(NAMES), truncate=s.booleans())
@@ -59,6 +61,13 @@ class MountModel(RuleBasedStateMachine):
         if truncate:
             self.contents[ident][:] = b""
         self.fds[fd] = ident
+
+    @precondition(lambda self: self.names)
+    @rule(data=s.data())
+    def open_reader(self, data):
+        name = data.draw(s.sampled_from(sorted(self.names)))
+        fd = os.open(self._path(name), os.O_RDONLY)
+        self.rfds[fd] = self.names[name]
 
     @precondition(lambda self: self.fds)
     @rule(data=s.data(), offset=s.integers(0, 3000), payload=s.binary(min_size=1, max_size=2000))
@@ -81,19 +90,21 @@ class MountModel(RuleBasedStateMachine):
         else:
             content.extend(b"\0" * (length - len(content)))
 
-    @precondition(lambda self: self.fds)
+    @precondition(lambda self: self.fds or self.rfds)
     @rule(data=s.data(), offset=s.integers(0, 4000), size=s.integers(0, 5000))
     def read(self, data, offset, size):
-        fd = data.draw(s.sampled_from(sorted(self.fds)))
-        expected = bytes(self.contents[self.fds[fd]][offset:offset + size])
+        fds = {**self.fds, **self.rfds}
+        fd = data.draw(s.sampled_from(sorted(fds)))
+        expected = bytes(self.contents[fds[fd]][offset:offset + size])
         assert os.pread(fd, size, offset) == expected
 
-    @precondition(lambda self: self.fds)
+    @precondition(lambda self: self.fds or self.rfds)
     @rule(data=s.data())
     def close(self, data):
-        fd = data.draw(s.sampled_from(sorted(self.fds)))
+        fd = data.draw(s.sampled_from(sorted([*self.fds, *self.rfds])))
         os.close(fd)
-        del self.fds[fd]
+        self.fds.pop(fd, None)
+        self.rfds.pop(fd, None)
 
     @precondition(lambda self: self.fds)
     @rule(data=s.data())
@@ -109,10 +120,12 @@ class MountModel(RuleBasedStateMachine):
         if src != dst:
             self.names[dst] = self.names.pop(src)
 
-    @precondition(lambda self: any(i not in self.fds.values() for i in self.names.values()))
+    @precondition(lambda self: any(i not in self.fds.values() and i not in self.rfds.values()
+                                   for i in self.names.values()))
     @rule(data=s.data())
     def unlink(self, data):
-        closed = sorted(n for n, i in self.names.items() if i not in self.fds.values())
+        closed = sorted(n for n, i in self.names.items()
+                        if i not in self.fds.values() and i not in self.rfds.values())
         name = data.draw(s.sampled_from(closed))
         os.unlink(self._path(name))
         del self.names[name]
@@ -147,7 +160,9 @@ def test_random_sequences_against_a_model(mount_factory, emulator_factory):
     emu = emulator_factory("--staging-delay", "0.3")
     MountModel.mount = mount_factory(emu)
     runner = MountModel.TestCase()
-    runner.settings = settings(max_examples=10, stateful_step_count=30, deadline=None,
+    # AGAVEFS_MODEL_EXAMPLES=N for a longer hunt than CI's
+    runner.settings = settings(max_examples=int(os.environ.get("AGAVEFS_MODEL_EXAMPLES", "10")),
+                               stateful_step_count=30, deadline=None,
                                suppress_health_check=list(HealthCheck))
     runner.runTest()
     r = MountModel.mount.umount()

@@ -330,3 +330,29 @@ def test_reader_open_when_the_upload_lands_sees_the_content(mount_factory, emu):
     assert (m.path / "f.bin").read_bytes() == data
     finish(m)
     assert (emu.home() / "f.bin").read_bytes() == data
+
+
+def test_a_reader_opened_first_sees_what_a_writer_writes(mount_factory, emu):
+    """Two descriptors of one file, the reader opened before the writer: a read of a
+    part the kernel has not cached must come from what was written, not from the
+    server's older version (the two would mix in the reader's view)."""
+    old = bytes(range(256)) * 32 * 1024  # 8 MiB
+    (emu.home() / "shared.bin").write_bytes(old)
+    m = mount_factory(emu)
+    rfd = os.open(m.path / "shared.bin", os.O_RDONLY)
+    try:
+        assert os.pread(rfd, 4096, 0) == old[:4096]  # cached: the start only (read-ahead is smaller)
+        wfd = os.open(m.path / "shared.bin", os.O_WRONLY)
+        try:
+            # part of a page: the kernel does not keep that page, so the reader's read of it
+            # comes to agavefs
+            assert os.pwrite(wfd, b"W" * 100, (6 << 20) + 10) == 100
+            new = old[:(6 << 20) + 10] + b"W" * 100 + old[(6 << 20) + 110:]
+            assert os.pread(rfd, 8192, 6 << 20) == new[6 << 20:(6 << 20) + 8192]
+        finally:
+            os.close(wfd)
+        assert os.pread(rfd, 4096, 6 << 20) == new[6 << 20:(6 << 20) + 4096]
+    finally:
+        os.close(rfd)
+    finish(m)
+    assert (emu.home() / "shared.bin").read_bytes() == new

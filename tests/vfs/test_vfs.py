@@ -227,6 +227,35 @@ def test_drain_waits_for_cancelled_uploads_to_delete_their_files(backend, make_v
         assert backend.files == {} and backend.staging == {}
 
 
+def test_a_reader_of_a_remote_file_follows_it(backend, make_vfs):
+    """A descriptor names a file, not a path: one opened for reading before another
+    process writes the file reads what was written (the kernel's page cache of the
+    inode already has those pages: a miss must not mix in the server's old bytes),
+    follows renames, and fails (EIO) rather than read another file put at its name."""
+    backend.put("/f", b"old content")
+    backend.put("/g", b"gg")
+    backend.put("/x", b"xxx")
+    backend.put("/y", b"yyy")
+    vfs = make_vfs(backend)
+    rf, rg, rx = (vfs.open(p, os.O_RDONLY) for p in ("/f", "/g", "/x"))
+    wf = vfs.open("/f", os.O_WRONLY)
+    vfs.write(wf, b"NEW", 0)
+    assert vfs.read(rf, 0, 100) == b"NEW content"
+    vfs.release(wf)
+    assert vfs.drain(timeout=10)
+    assert vfs.read(rf, 0, 100) == b"NEW content"
+    vfs.rename("/g", "/h")
+    assert vfs.read(rg, 0, 100) == b"gg"  # from /h now
+    vfs.rename("/y", "/x")
+    with pytest.raises(AgaveFSError) as exc:
+        vfs.read(rx, 0, 100)  # /x is y's content now: not this descriptor's file
+    assert exc.value.errno == errno.EIO
+    for fh in (rf, rg, rx):
+        vfs.release(fh)
+    assert not vfs.nodes
+    assert backend.files == {"/f": b"NEW content", "/h": b"gg", "/x": b"yyy"}
+
+
 def test_editor_save_pattern(backend, make_vfs):
     """write temp, fsync, rename over the original."""
     backend.put("/doc.txt", b"original")
