@@ -117,7 +117,7 @@ class VFS(NamespaceOps, WriteOps):
             except NotFound:
                 entry = None
             except BaseException:
-                self.meta.end_stat(fetch)
+                self.meta.end(fetch)
                 raise
             known = self.meta.put_stat(fetch, entry)  # a change made meanwhile wins
             if known is ABSENT:
@@ -267,7 +267,7 @@ class VFS(NamespaceOps, WriteOps):
         try:
             me, children = self.backend.list(path)
         except BaseException:
-            self.meta.end_listing(fetch)
+            self.meta.end(fetch)
             raise
         return self.meta.put_listing(path, me, children, fetch)
 

@@ -64,10 +64,12 @@ ABSENT = object()  # "known not to exist"
 
 
 class ListingFetch:
-    """A listing request in flight (see the module note); fields under MetaCache._lock."""
+    """A listing (or stat) request in flight (see the module note); fields under
+    MetaCache._lock.  ``table`` is the registry it is in."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, table: dict):
         self.path = path
+        self.table = table
         self.started = time.monotonic()
         self.changes: list[tuple[str, Entry | None]] = []  # (name, entry or None: gone)
         self.void = False  # the directory itself was removed or renamed meanwhile
@@ -126,53 +128,47 @@ class MetaCache:
                 self.hits += 1
             return listing
 
-    # -- listings in flight -------------------------------------------------
-    def begin_listing(self, path: str) -> ListingFetch:
-        fetch = ListingFetch(path)
+    # -- requests in flight -------------------------------------------------
+    def _begin(self, table: dict, path: str) -> ListingFetch:
+        fetch = ListingFetch(path, table)
         with self._lock:
-            self._fetches.setdefault(path, []).append(fetch)
+            table.setdefault(path, []).append(fetch)
         return fetch
 
-    def end_listing(self, fetch: ListingFetch) -> None:
-        """Forget a fetch (put_listing does it; call it when the fetch failed)."""
+    def begin_listing(self, path: str) -> ListingFetch:
+        return self._begin(self._fetches, path)
+
+    def begin_stat(self, path: str) -> ListingFetch:
+        return self._begin(self._stats, path)
+
+    def end(self, fetch: ListingFetch) -> None:
+        """Forget a request (put_listing/put_stat do it; call it when it failed)."""
         with self._lock:
             self._end(fetch)
 
-    def _end(self, fetch: ListingFetch, table: dict | None = None) -> None:
-        table = self._fetches if table is None else table
-        fetches = table.get(fetch.path)
+    def _end(self, fetch: ListingFetch) -> None:
+        fetches = fetch.table.get(fetch.path)
         if fetches is not None and fetch in fetches:
             fetches.remove(fetch)
             if not fetches:
-                del table[fetch.path]
-
-    def begin_stat(self, path: str) -> ListingFetch:
-        fetch = ListingFetch(path)
-        with self._lock:
-            self._stats.setdefault(path, []).append(fetch)
-        return fetch
+                del fetch.table[fetch.path]
 
     def put_stat(self, fetch: ListingFetch, entry: Entry | None):
         """The server's answer to a stat (None: not found), unless the path changed
         through the mount meanwhile: then what the mount did.  Returns an Entry,
         ABSENT, or None (the path moved or went away meanwhile: ask again)."""
-        with self._lock:
-            self._end(fetch, self._stats)
+        with self._lock:  # one hold: no change can slip in between the check and the put
+            self._end(fetch)
             if fetch.void:
                 return None
             if fetch.changes:
                 newest = fetch.changes[-1][1]
                 return ABSENT if newest is None else newest
-        if entry is None:
-            self.put_absent(fetch.path)
-            return ABSENT
-        self.put(fetch.path, entry)
-        return entry
-
-    def end_stat(self, fetch: ListingFetch) -> None:
-        """Forget a stat that failed."""
-        with self._lock:
-            self._end(fetch, self._stats)
+            if entry is None:
+                self._put_absent(fetch.path)
+                return ABSENT
+            self._put(fetch.path, entry)
+            return entry
 
     def _note(self, path: str, entry: Entry | None) -> None:
         """Call with _lock held: a child changed through the mount."""
@@ -197,7 +193,7 @@ class MetaCache:
     def put_listing(self, path: str, me: Entry, children: list[Entry],
                     fetch: ListingFetch | None = None) -> Listing:
         kids = {e.name: e for e in children}
-        with self._lock:
+        with self._lock:  # one hold: no change can slip in between applying and caching
             if fetch is not None:
                 self._end(fetch)
                 for name, entry in fetch.changes:  # newer than what the server sent
@@ -207,8 +203,7 @@ class MetaCache:
                         kids[name] = entry
                 if fetch.void:
                     return Listing(me, kids)
-        listing = Listing(me, kids)
-        with self._lock:
+            listing = Listing(me, kids)
             try:
                 self._listings[path] = listing
             except ValueError:  # larger than the whole cache: do not keep it
@@ -221,25 +216,30 @@ class MetaCache:
 
     def put(self, path: str, entry: Entry) -> None:
         """A path's entry is known (stat'ed, or changed through the mount)."""
-        parent = posixpath.dirname(path)
         with self._lock:
-            self._note(path, entry)
-            self._negative.pop(path, None)
-            listing = self._listings.get(parent)
-            if listing is not None and path != "/":
-                listing.children[entry.name] = entry
-            else:
-                self._attrs[path] = entry
+            self._put(path, entry)
+
+    def _put(self, path: str, entry: Entry) -> None:
+        self._note(path, entry)
+        self._negative.pop(path, None)
+        listing = self._listings.get(posixpath.dirname(path))
+        if listing is not None and path != "/":
+            listing.children[entry.name] = entry
+        else:
+            self._attrs[path] = entry
 
     def put_absent(self, path: str) -> None:
-        parent, name = posixpath.split(path)
         with self._lock:
-            self._note(path, None)
-            self._attrs.pop(path, None)
-            listing = self._listings.get(parent)
-            if listing is not None:
-                listing.children.pop(name, None)
-            self._negative[path] = True
+            self._put_absent(path)
+
+    def _put_absent(self, path: str) -> None:
+        parent, name = posixpath.split(path)
+        self._note(path, None)
+        self._attrs.pop(path, None)
+        listing = self._listings.get(parent)
+        if listing is not None:
+            listing.children.pop(name, None)
+        self._negative[path] = True
 
     def forget(self, path: str) -> None:
         """Drop everything known about ``path`` and below it."""

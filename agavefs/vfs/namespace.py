@@ -16,6 +16,7 @@ across a network call.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import posixpath
 import time
@@ -29,24 +30,30 @@ from agavefs.vfs.writeback import is_temp_name, replace_remote
 log = logging.getLogger("agavefs.vfs")
 
 
+def _forgets_when_unsure(method):
+    """A change whose failure may leave it done on the server (a timeout, a frozen or
+    restarting server) makes the cache forget what it knew of the paths and their
+    directories, so that the next call asks the server instead of acting on a state
+    that may be gone (and, say, deleting the target of a rename whose source had
+    already moved)."""
+    @functools.wraps(method)
+    def change(self, *paths: str):
+        try:
+            return method(self, *paths)
+        except (Transient, ProtocolError):
+            for path in paths:
+                self.meta.forget(path)
+                self.meta.invalidate_listing(posixpath.dirname(path))
+            raise
+    return change
+
+
 class NamespaceOps:
     """mkdir/rmdir/unlink/rename for ``VFS``."""
 
-    # ------------------------------------------------------------------ outcome unknown
-    def _unsure(self, *paths: str):
-        """Context for a change whose failure may leave it done on the server (a
-        timeout, a frozen or restarting server): forget what the cache knows of the
-        paths and their directories, so that the next call asks the server instead
-        of acting on a state that may be gone (and, say, deleting the target of a
-        rename whose source already moved)."""
-        return _Unsure(self.meta, paths)
-
     # ------------------------------------------------------------------ namespace
+    @_forgets_when_unsure
     def mkdir(self, path: str) -> None:
-        with self._unsure(path):
-            self._mkdir(path)
-
-    def _mkdir(self, path: str) -> None:
         self.check_path(path)
         self.check_new_name(path)
         self._readonly()
@@ -84,11 +91,8 @@ class NamespaceOps:
         prefix = path.rstrip("/") + "/"
         return [n for p, n in self.nodes.items() if p.startswith(prefix)]
 
+    @_forgets_when_unsure
     def rmdir(self, path: str) -> None:
-        with self._unsure(path):
-            self._rmdir(path)
-
-    def _rmdir(self, path: str) -> None:
         self.check_path(path)
         self._readonly()
         if path == "/":
@@ -96,21 +100,23 @@ class NamespaceOps:
         entry = self._entry(path)
         if not entry.is_dir:
             raise NotADirectory(path)
-        with self.lock:
-            if any(n.local for n in self._nodes_under(path)):
-                raise NotEmpty(path)
-        me, children = self.backend.list(path)  # always fresh: emptiness is checked on the server
-        if any(not is_temp_name(c.name) for c in children):
-            self.meta.put_listing(path, me, children)
-            raise NotEmpty(path)
+        self._check_empty(path)
         self.backend.delete(path)
         self.meta.removed(path)
 
-    def unlink(self, path: str) -> None:
-        with self._unsure(path):
-            self._unlink(path)
+    def _check_empty(self, path: str) -> None:
+        """NotEmpty unless the directory is empty on the server (a fresh listing; our
+        own temporary files do not count) and has no pending local files."""
+        with self.lock:
+            if any(n.local for n in self._nodes_under(path)):
+                raise NotEmpty(path)
+        me, children = self.backend.list(path)
+        if any(not is_temp_name(c.name) for c in children):
+            self.meta.put_listing(path, me, children)
+            raise NotEmpty(path)
 
-    def _unlink(self, path: str) -> None:
+    @_forgets_when_unsure
+    def unlink(self, path: str) -> None:
         self.check_path(path)
         self._readonly()
         with self.lock:
@@ -144,11 +150,8 @@ class NamespaceOps:
         with self.lock:
             self._orphan_readers(path)
 
+    @_forgets_when_unsure
     def rename(self, old: str, new: str) -> None:
-        with self._unsure(old, new):
-            self._rename(old, new)
-
-    def _rename(self, old: str, new: str) -> None:
         self.check_path(old)
         self.check_path(new)
         self.check_new_name(new)
@@ -279,22 +282,15 @@ class NamespaceOps:
         in place, and the target put back if that fails: a source that is gone (moved
         meanwhile by someone else, or by a request of ours that timed out and was
         carried out late) costs nothing.  Returns the aside path."""
-        with self.lock:
-            if any(n.local for n in self._nodes_under(new)):
-                raise NotEmpty(new)
-        me, children = self.backend.list(new)  # emptiness is checked on the server
-        if any(not is_temp_name(c.name) for c in children):
-            self.meta.put_listing(new, me, children)
-            raise NotEmpty(new)
+        self._check_empty(new)
         return replace_remote(self.backend, old, new)
 
     def _delete_if_empty(self, path: str) -> None:
         try:
-            _me, children = self.backend.list(path)
-            if any(not is_temp_name(c.name) for c in children):
-                log.warning("left %s in place: something was put in it meanwhile", path)
-                return
+            self._check_empty(path)
             self.backend.delete(path)
+        except NotEmpty:
+            log.warning("left %s in place: something was put in it meanwhile", path)
         except Exception as exc:  # noqa: BLE001 - a hidden empty leftover, not data
             log.warning("could not delete the replaced directory at %s: %s", path, exc)
 
@@ -304,18 +300,3 @@ class NamespaceOps:
         except Exception as exc:  # noqa: BLE001 - a hidden leftover, not data
             log.warning("could not delete the old version at %s: %s", path, exc)
 
-
-class _Unsure:
-    def __init__(self, meta, paths):
-        self.meta = meta
-        self.paths = paths
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        if exc is not None and isinstance(exc, (Transient, ProtocolError)):
-            for path in self.paths:
-                self.meta.forget(path)
-                self.meta.invalidate_listing(posixpath.dirname(path))
-        return False

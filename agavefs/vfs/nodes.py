@@ -47,9 +47,6 @@ class FileNode:
         """The mount answers this path from the spool (read-your-writes)."""
         return self.spool is not None and not self.deleted
 
-    def busy(self) -> bool:
-        return self.writers > 0 or self.readers > 0 or bool(self.jobs) or self.dirty
-
 
 BLOCK = 4096  # st_blksize-ish unit: the size shown for directories, statfs blocks
 

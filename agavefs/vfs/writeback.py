@@ -257,7 +257,7 @@ class WriteBack:
                 if left <= 0:
                     return 110  # ETIMEDOUT
                 job.failure.wait(left)
-        return 0 if not job.cancelled else 0
+        return 0
 
     def drain(self, progress=None, timeout: float | None = None, interval: float = 1.0) -> bool:
         """Wait until no job is left; call ``progress(files, bytes)`` as it goes.
