@@ -25,6 +25,7 @@ import socket
 import socketserver
 import stat
 import threading
+import time
 from pathlib import Path
 
 
@@ -225,7 +226,19 @@ class ControlServer:
         self.thread.start()
 
     def close(self) -> None:
-        self.server.shutdown()
+        # shutdown() waits for serve_forever to notice, which it does when it wakes up:
+        # empty connections wake it now instead of at its next poll (an unmount waits)
+        stopper = threading.Thread(target=self.server.shutdown, name="agavefs-control-stop", daemon=True)
+        stopper.start()
+        deadline = time.monotonic() + 2.0
+        while stopper.is_alive() and time.monotonic() < deadline:
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    s.settimeout(0.2)
+                    s.connect(str(self.sock_path))
+            except OSError:
+                pass
+            stopper.join(0.005)
         self.server.server_close()
         for p in (self.sock_path, self.info_path):
             try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from helpers import Emulator
+from agavefs.vfs.core import VFS
+from agavefs.vfs.options import Options
 
 
 @pytest.fixture
@@ -27,3 +29,21 @@ def emulator_factory(tmp_path):
 def emulator(emulator_factory) -> Emulator:
     """A default emulator (user demo:demo, staging delay 0.5 s) on a free loopback port."""
     return emulator_factory()
+
+
+@pytest.fixture
+def make_vfs(tmp_path):
+    """``make_vfs(backend, **options)``: a VFS (no FUSE) over ``backend`` with its spool
+    in tmp_path; every one made is closed, waiting for its workers, at teardown."""
+    made = []
+
+    def make(backend, **kw):
+        kw.setdefault("cache_dir", str(tmp_path / "spool"))
+        opts = Options(**kw)
+        vfs = VFS(backend, opts, opts.cache_dir)
+        made.append(vfs)
+        return vfs
+
+    yield make
+    for vfs in made:
+        vfs.close(wait=True)

@@ -100,6 +100,8 @@ def render(s: dict) -> str:
     for p in pending:
         err = f"  last error: {p['last_error']}" if p.get("last_error") else ""
         lines.append(f"    {p['path']}  {_human(p['size'])}  {p['state']}  attempts {p['attempts']}{err}")
+    for st in s.get("streaming", []):
+        lines.append(f"    {st['path']}  {_human(st['sent'])} sent  streaming (open for writing)")
     return "\n".join(lines)
 
 

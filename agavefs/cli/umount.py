@@ -80,7 +80,7 @@ def run(args) -> int:
     if pid:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and control.pid_alive(pid):
-            time.sleep(0.05)
+            time.sleep(0.01)
     if not args.quiet and info is not None:
         print(f"agavefs: unmounted {mountpoint}" + ("" if args.force else "; the server has every file"))
     return 0

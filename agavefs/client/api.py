@@ -31,15 +31,18 @@ Everything else is either immutable after __init__ or owned by the components
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
 import time
+import uuid
 import warnings
 from datetime import datetime
 from urllib.parse import quote
 
 from requests_toolbelt import MultipartEncoder
+from urllib3.fields import RequestField
 
 from agavefs.errors import (AgaveFSError, AlreadyExists, AuthError, InvalidArgument,
                             NotADirectory, NotFound, ProtocolError, Transient)
@@ -51,10 +54,25 @@ from agavefs.client.paths import SysPath, check_name
 from agavefs.client.reading import ReadOps
 from agavefs.client.responses import Redactor, unwrap
 from agavefs.client.staging import StagingOps
-from agavefs.client.transport import IDEMPOTENT, SAFE, UPLOAD, Body, CountingReader, Transport
+from agavefs.client.transport import IDEMPOTENT, SAFE, UPLOAD, Body, CountingReader, CountingStream, Transport
 
 LIST_PAGE = 500
 UPLOAD_MIN_RATE = 512 * 1024  # bytes/s assumed when sizing an upload's deadline
+STREAM_DEADLINE = 7 * 24 * 3600.0  # a streamed upload's retries (its producer bounds each wait)
+
+
+def _multipart_frame(name: str) -> tuple[bytes, bytes, str]:
+    """(bytes before the file's content, bytes after it, Content-Type) of the form
+    ``upload`` sends (fields fileName and fileToUpload), headers encoded as
+    requests-toolbelt encodes them."""
+    boundary = uuid.uuid4().hex
+    parts = []
+    for field, content_type in ((RequestField("fileName", name), None),
+                                (RequestField("fileToUpload", b"", filename=name), "application/octet-stream")):
+        field.make_multipart(content_type=content_type)
+        parts.append(f"--{boundary}\r\n".encode() + field.render_headers().encode("utf-8"))
+    head = parts[0] + name.encode("utf-8") + b"\r\n" + parts[1]
+    return head, f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 _insecure_warned = False
 _insecure_lock = threading.Lock()
@@ -412,6 +430,35 @@ class AgaveClient(ReadOps, StagingOps):
         deadline = self.transport.deadline(self.transport.op_timeout + size / UPLOAD_MIN_RATE)
         resp = self.transport.request("POST", self._url("media", d), kind="upload", label=label,
                                       body=body, retry=UPLOAD, deadline=deadline)
+        return self._upload_result(resp, label, name)
+
+    def upload_stream(self, chunks, remote_dir: str, name: str) -> dict:
+        """Upload bytes that are still being produced (a file being written): the
+        multipart body goes out with chunked transfer encoding as ``chunks()`` yields.
+
+        ``chunks()`` is called once per attempt and yields the content from its first
+        byte; an exception it raises ends the upload at once and propagates (the
+        server never gets the end of the body, so it stores nothing).  Like ``upload``,
+        returns the STAGING_QUEUED result.  A server that refuses bodies of unknown
+        length answers an error (HTTP 411, or Agave's 400 for any multipart problem).
+        """
+        d = SysPath.parse(remote_dir)
+        check_name(name)
+        label = self._label(d.child(name))
+
+        def body() -> Body:
+            head, tail, content_type = _multipart_frame(name)
+            stream = CountingStream(itertools.chain((head,), chunks(), (tail,)), self.stats)
+            return Body(stream, {"Content-Type": content_type}, stream)
+
+        # the body lasts as long as its producer: each wait for bytes is bounded there
+        deadline = self.transport.deadline(STREAM_DEADLINE)
+        resp = self.transport.request("POST", self._url("media", d), kind="upload", label=label,
+                                      body=body, retry=UPLOAD, deadline=deadline)
+        return self._upload_result(resp, label, name)
+
+    @staticmethod
+    def _upload_result(resp, label: str, name: str) -> dict:
         result = unwrap(resp.content, f"POST {label}")
         if result is None:
             result = {}

@@ -209,6 +209,28 @@ class CountingReader:
         return self.consumed >= self.total
 
 
+class CountingStream:
+    """Request body of unknown length (requests sends it chunked): the chunks of an
+    iterable, counted.  ``complete`` turns true only once the iterable is exhausted,
+    i.e. after its last byte went to the socket: until then the server cannot have
+    accepted the body, so a failed attempt may be re-sent."""
+
+    def __init__(self, chunks, stats: ClientStats | None = None):
+        self._chunks = chunks
+        self._stats = stats
+        self.consumed = 0
+        self.complete = False
+
+    def __iter__(self):
+        for chunk in self._chunks:
+            if chunk:
+                self.consumed += len(chunk)
+                if self._stats is not None:
+                    self._stats.add_up(len(chunk))
+                yield chunk
+        self.complete = True
+
+
 class _Bearer(requests.auth.AuthBase):
     def __init__(self, token: str):
         self._token = token
@@ -227,7 +249,7 @@ class Body:
 
     data: object
     headers: dict
-    reader: CountingReader | None = None
+    reader: CountingReader | CountingStream | None = None
     close: Callable[[], None] | None = None
 
 

@@ -74,11 +74,14 @@ class AgaveBackend:
     def upload(self, local_path: str, dir_path: str, name: str, progress=None) -> None:
         self.client.upload(local_path, self.remote(dir_path), name, progress=progress)
 
-    def staging_state(self, path: str, size: int) -> tuple[Staging, object]:
+    def upload_stream(self, chunks, dir_path: str, name: str) -> None:
+        self.client.upload_stream(chunks, self.remote(dir_path), name)
+
+    def staging_state(self, path: str, size: int) -> tuple[Staging, object, int | None]:
         # the write-back's temporary names are unique per upload attempt: "fresh"
         obs = self.client.staging_state(self.remote(path), size,
                                         fresh=posixpath.basename(path).startswith(TEMP_PREFIX))
-        return _STAGING[obs.state.value], obs.progress_key
+        return _STAGING[obs.state.value], obs.progress_key, obs.length
 
     def mkdir(self, path: str) -> bool:
         return self.client.mkdir(self.remote(path))

@@ -60,9 +60,17 @@ class Backend(Protocol):
         """``progress(sent, total)`` is called as the body goes out, when given."""
         ...
 
-    def staging_state(self, path: str, size: int) -> tuple[Staging, object]:
-        """(state, progress) of the newest upload to ``path``; ``progress`` is any
-        value that changes whenever the staging moved (a new event, a new length)."""
+    def upload_stream(self, chunks, dir_path: str, name: str) -> None:
+        """Upload content still being produced: ``chunks()`` (called once per attempt)
+        yields it from its first byte; an exception it raises ends the upload, which
+        the server then never stores, and propagates."""
+        ...
+
+    def staging_state(self, path: str, size: int) -> tuple[Staging, object, int | None]:
+        """(state, progress, length) of the newest upload to ``path``; ``progress`` is
+        any value that changes whenever the staging moved (a new event, a new length);
+        ``length`` is the size listed now (it grows as the server copies; None when
+        not listed), used only to time the next look."""
         ...
 
     def mkdir(self, path: str) -> bool: ...

@@ -437,6 +437,7 @@ class VFS(NamespaceOps, WriteOps):
             open_files = len([h for h in self.handles.values() if h.entries is None])
         return {
             "pending": [j.info() for j in self.writeback.pending()],
+            "streaming": self.writeback.streams(),
             "spool_bytes": self.store.used,
             "spool_dir": str(self.store.root),
             "cache": self.meta.stats(),

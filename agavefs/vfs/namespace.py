@@ -236,6 +236,12 @@ class NamespaceOps:
         # picks its target (WriteBack._step_upload): none can start in the old place after.
         while True:
             with self.lock:
+                # a file below still being written and streamed: its stream has a temporary
+                # file in the old place; drop the stream (the file uploads at its close)
+                streams = [j for n in self._nodes_under(old) for j in n.jobs if j.streaming]
+            for job in streams:
+                self.writeback.cancel(job)
+            with self.lock:
                 busy = [j for n in self._nodes_under(old) for j in n.jobs
                         if j.state != "queued" and not j.cancelled]
                 busy += self.writeback.remote_files_under(prefix)

@@ -38,6 +38,10 @@ class FileNode:
         self.readers = 0  # open read-only handles reading the spool
         self.dirty = False  # changed since the last upload was queued
         self.deleted = False  # unlinked while open
+        # streamed uploads (streaming.py): the spool has been written only by appends
+        # since it was empty, up to append_at (None: not so); appends in flight
+        self.append_at: int | None = None
+        self.appending = 0
         self.jobs: list = []  # upload jobs not finished, oldest first
         self.ns_lock = threading.Lock()
         self.open_lock = threading.RLock()  # serializes giving the node a writable spool

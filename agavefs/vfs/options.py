@@ -30,6 +30,8 @@ class Options:
     cache_max_size: int = 10 * 1024 * MiB  # the spool
     upload_workers: int = 4
     upload_delay: float = 0.2  # grace before an upload starts (a version superseded at once is never sent)
+    stream_min: int = 8 * MiB  # a file appended from empty this far uploads while written (streaming.py)
+    stream_idle: float = 5.0  # seconds without a new byte that end such a stream (it uploads at close)
     sync_close: bool = False
     staging_timeout: float = 120.0  # no progress for this long: the staging job is lost
     op_timeout: float = 30.0  # bound on a waiting filesystem call (fsync, full spool...)

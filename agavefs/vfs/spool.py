@@ -49,6 +49,7 @@ class SpoolFile:
         self._lock = threading.Lock()
         self.size = size  # protected by _lock
         self._refs = 1  # protected by _lock
+        self.streamed = False  # a streamed upload was started for it (one per spool); VFS lock
 
     # -- references: the node, open handles and queued uploads share a file ----
     def incref(self) -> "SpoolFile":

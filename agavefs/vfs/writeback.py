@@ -10,8 +10,10 @@ of worker threads, driven by a delay heap (as rclone's writeback does):
              directory (``.agavefs~<id>~<attempt>``), so that a partial or failed
              staging never shows under the real name and never destroys an old
              version.  At most ``upload_workers`` run at once.
-``poll``     one look at the staging state of the temporary file, rescheduled with
-             backoff (20 ms growing 1.5x to 1 s) while PENDING.  STAGING_FAILED, or no
+``poll``     one look at the staging state of the temporary file, rescheduled while
+             PENDING: at the end the copy's growing length predicts, else after a
+             quarter of the time waited so far (20 ms to 1 s), so a wait overshoots
+             the staging's end by a quarter at most.  STAGING_FAILED, or no
              progress for ``staging_timeout`` seconds (a lost job), means upload
              again.  Polls do not occupy upload slots, so thousands of files can
              wait out the queue together.
@@ -46,10 +48,11 @@ import threading
 import time
 import uuid
 
-from agavefs.errors import AgaveFSError, AlreadyExists, NotFound, to_errno
+from agavefs.errors import AgaveFSError, AlreadyExists, NotFound, Transient, to_errno
 from agavefs.vfs.backend import Staging
 from agavefs.vfs.nodes import FileNode
 from agavefs.vfs.spool import SpoolFile, SpoolStore
+from agavefs.vfs.streaming import STREAM_MAX, StreamAborted, StreamSource
 
 log = logging.getLogger("agavefs.upload")
 
@@ -59,7 +62,7 @@ PROGRESS_MIN = 64 * 1024 * 1024  # uploads this large log their progress
 # staging polls: soon after the upload (a small file or an idle server is done within
 # milliseconds), then less and less often (a busy server takes seconds to minutes)
 POLL_FIRST = 0.02
-POLL_GROWTH = 1.5
+POLL_SHARE = 0.25  # without a prediction, the next look comes after this share of the wait so far
 POLL_MAX = 1.0
 CLEANUP_WAIT = 10.0  # an unmount waits this long for cancelled uploads to delete their files
 
@@ -113,10 +116,14 @@ class Job:
     _seq = itertools.count(int(time.time() * 1000))
 
     def __init__(self, node: FileNode, spool: SpoolFile, size: int, mtime: float,
-                 leftovers: list[str] | None = None, seq: int | None = None):
+                 leftovers: list[str] | None = None, seq: int | None = None,
+                 source: StreamSource | None = None):
         self.node = node
         self.spool = spool
-        self.id = spool.id
+        # a streamed upload (streaming.py) has its own id until the close seals the
+        # spool: a stream dropped before that must not touch the spool's later record
+        self.source = source
+        self.id = spool.id if source is None else f"{spool.id}~stream"
         self.seq = seq if seq is not None else next(Job._seq)
         self.size = size
         self.mtime = mtime
@@ -137,15 +144,24 @@ class Job:
         self.failures = 0
         self.started = time.time()
         # staging progress
-        self.poll_delay = POLL_FIRST
+        self.uploaded_at = 0.0  # when the body was accepted
         self.last_seen: object = None
         self.last_progress = 0.0
+        self.seen_length: tuple[float, int] | None = None  # (when, listed length) of the last look
 
     def record(self) -> dict:
-        return {"id": self.id, "seq": self.seq, "path": self.node.path, "size": self.size,
-                "mtime": self.mtime, "attempts": self.attempts,
-                "leftovers": self.leftovers + ([self.temp] if self.temp else []),
-                "created": self.started}
+        rec = {"id": self.id, "seq": self.seq, "path": self.node.path, "size": self.size,
+               "mtime": self.mtime, "attempts": self.attempts,
+               "leftovers": self.leftovers + ([self.temp] if self.temp else []),
+               "created": self.started}
+        if self.streaming:
+            rec["streaming"] = True  # no data to recover: only the leftovers to delete
+        return rec
+
+    @property
+    def streaming(self) -> bool:
+        """A streamed upload whose file is still open (its size is not known yet)."""
+        return self.source is not None and not self.source.sealed
 
     def info(self) -> dict:
         return {"path": self.node.path, "size": self.size, "state": self.state,
@@ -163,6 +179,8 @@ class WriteBack:
         self._tiebreak = itertools.count()
         self.jobs: dict[str, Job] = {}  # protected by _cond
         self._upload_slots = threading.Semaphore(workers)
+        self._stream_slots = threading.Semaphore(STREAM_MAX)
+        self.streaming = True  # off once the server refuses a streamed body
         self._stopping = False
         self.bytes_uploaded = 0
         self.files_uploaded = 0
@@ -194,6 +212,8 @@ class WriteBack:
             if job.cancelled or job.closed:
                 return
             job.cancelled = True
+            if job.source is not None:
+                job.source.abort("cancelled")
             with self._cond:
                 queued = job.state == "queued"
             if not queued:
@@ -241,9 +261,85 @@ class WriteBack:
             isinstance(p, str) and p.startswith(prefix) for p in [j.temp, *j.leftovers])]
 
     def pending(self) -> list[Job]:
-        """Jobs carrying data (cancelled ones only clean up after themselves)."""
+        """Jobs carrying data (cancelled ones only clean up after themselves; a stream
+        of a file still open carries none yet: the file's close will seal it)."""
         with self._cond:
-            return sorted((j for j in self.jobs.values() if not j.cancelled), key=lambda j: j.seq)
+            return sorted((j for j in self.jobs.values() if not j.cancelled and not j.streaming),
+                          key=lambda j: j.seq)
+
+    def streams(self) -> list[dict]:
+        """Streamed uploads of files still open: path and bytes sent so far."""
+        with self._cond:
+            jobs = [j for j in self.jobs.values() if j.streaming and not j.cancelled]
+        return [{"path": j.node.path, "sent": j.source.sent} for j in jobs]
+
+    # -- streamed uploads (streaming.py) -------------------------------------------
+    def reserve_stream(self) -> bool:
+        """Take a slot for a streamed upload (False: streams are off, or STREAM_MAX
+        run); ``start_stream`` uses it."""
+        return self.streaming and not self._stopping and self._stream_slots.acquire(blocking=False)
+
+    def start_stream(self, job: Job) -> None:
+        """Start sending ``job`` (a Job with a source) while its file is written, in a
+        slot taken by ``reserve_stream``."""
+        job.state = "streaming"
+        with self._cond:
+            self.jobs[job.id] = job
+        threading.Thread(target=self._run_stream, args=(job,), name="agavefs-stream", daemon=True).start()
+
+    def seal_stream(self, job: Job, size: int, mtime: float) -> bool:
+        """The file's close: ``job`` becomes the ordinary upload of its spool at
+        ``size`` bytes (same id, same record as a sealed upload).  False when the
+        stream is cancelled or aborted: the caller queues an ordinary upload."""
+        with job.record_lock:
+            if job.cancelled or job.closed or not job.source.seal(size):
+                return False
+            old_id = job.id
+            with self._cond:
+                self.jobs.pop(old_id, None)
+                job.id = job.spool.id
+                job.size, job.mtime = size, mtime
+                self.jobs[job.id] = job
+            self.store.write_record(job.record())
+            self.store.remove_record(old_id)
+        self.store.set_freeable(size)
+        log.info("upload queued: %s (%d bytes, streamed while written)", job.node.path, size)
+        return True
+
+    def _run_stream(self, job: Job) -> None:
+        try:
+            with self.owner.lock:  # the target is chosen as in _step_upload
+                with self._cond:
+                    stop = job.cancelled
+                if not stop:
+                    target = job.node.path
+                    parent = posixpath.dirname(target)
+                    job.temp = temp_path(parent)
+            if stop:
+                raise StreamAborted("cancelled")
+            self.persist_or_warn(job)  # the temporary name is recorded before anything is sent
+            log.info("streaming %s to the server as it is written", target)
+            self.backend.upload_stream(job.source.chunks, parent, posixpath.basename(job.temp))
+        except Exception as exc:  # noqa: BLE001 - every outcome is handled below
+            self._stream_slots.release()
+            if not job.cancelled and not job.source.abort(f"upload failed: {exc}"):
+                # sealed meanwhile: an ordinary upload of a sealed spool, retried as such
+                return self._failed(job, "upload", exc)
+            if not isinstance(exc, (StreamAborted, Transient)) and not job.cancelled:
+                self.streaming = False
+                log.warning("the server refused a streamed upload (%s): files upload at their "
+                            "close from now on", exc)
+            elif not job.cancelled:
+                log.info("streamed upload of %s stopped (%s); it uploads at its close", job.node.path, exc)
+            self.cancel(job)
+            try:
+                self._cleanup_cancelled(job)
+            except Exception as cleanup_exc:  # noqa: BLE001 - hidden leftovers only (journaled)
+                log.info("cleanup of a dropped stream failed: %s", cleanup_exc)
+                self._finish(job, cancelled=True)
+            return
+        self._stream_slots.release()
+        self._uploaded(job)
 
     def wait(self, job: Job, timeout: float | None = None) -> int:
         """Block until ``job`` is stored (0) or an attempt fails (its errno)."""
@@ -275,7 +371,7 @@ class WriteBack:
             now = time.monotonic()
             if not jobs:
                 with self._cond:
-                    cleaning = any(not j.finishing for j in self.jobs.values())
+                    cleaning = any(not j.finishing and not j.streaming for j in self.jobs.values())
                 if cleanup_until is None:
                     cleanup_until = now + CLEANUP_WAIT
                 if not cleaning or now > cleanup_until or (deadline is not None and now > deadline):
@@ -394,17 +490,31 @@ class WriteBack:
             log.info("uploading %s (%d bytes, attempt %d)", target, job.size, job.attempts + 1)
             self.backend.upload(job.spool.path, parent, posixpath.basename(job.temp),
                                 progress=self._progress_logger(target) if job.size >= PROGRESS_MIN else None)
+        self._uploaded(job)
+
+    def _uploaded(self, job: Job) -> None:
+        """The body is sent (202): wait out the staging, then finalize."""
         job.state = "staging"
-        job.poll_delay = POLL_FIRST
-        job.last_seen = None
-        job.last_progress = time.monotonic()
+        job.last_seen = job.seen_length = None
+        job.last_progress = job.uploaded_at = time.monotonic()
         if getattr(self.backend, "synchronous_upload", False):
             self._schedule(0, "finalize", job)
         else:
-            self._schedule(job.poll_delay, "poll", job)
+            self._schedule(POLL_FIRST, "poll", job)
+
+    @staticmethod
+    def _next_poll(job: Job, now: float, length: int | None) -> float:
+        """Seconds until the next look at a pending staging."""
+        delay = POLL_SHARE * (now - job.uploaded_at)
+        seen, job.seen_length = job.seen_length, (now, length) if length is not None else None
+        if length is not None and length >= job.size:
+            delay = 0.0  # copied: the completion event is due
+        elif length is not None and seen is not None and length > seen[1] and now > seen[0]:
+            delay = (job.size - length) * (now - seen[0]) / (length - seen[1])  # when the copy ends
+        return min(POLL_MAX, max(POLL_FIRST, delay))
 
     def _step_poll(self, job: Job) -> None:
-        state, progress = self.backend.staging_state(job.temp, job.size)
+        state, progress, length = self.backend.staging_state(job.temp, job.size)
         now = time.monotonic()
         if job.cancelled and (state is not Staging.PENDING or now - job.last_progress > self.staging_timeout):
             # a cancelled upload is deleted once it has landed, or it would land later
@@ -420,8 +530,7 @@ class WriteBack:
         if state is Staging.LOST or now - job.last_progress > self.staging_timeout:
             raise AgaveFSError(f"the staging of {job.node.path} made no progress for "
                                f"{self.staging_timeout:.0f} s (lost)")
-        job.poll_delay = min(POLL_MAX, job.poll_delay * POLL_GROWTH)
-        self._schedule(job.poll_delay, "poll", job)
+        self._schedule(self._next_poll(job, now, length), "poll", job)
 
     def _step_finalize(self, job: Job) -> None:
         node = job.node

@@ -32,6 +32,7 @@ from agavefs.vfs.backend import Entry
 from agavefs.vfs.metadata import ABSENT
 from agavefs.vfs.nodes import FileNode, Handle
 from agavefs.vfs.spool import SpoolFile
+from agavefs.vfs.streaming import StreamSource
 from agavefs.vfs.writeback import Job
 
 log = logging.getLogger("agavefs.vfs")
@@ -89,8 +90,10 @@ class WriteOps:
                     node.spool, node.sealed = self.store.new_file(), False
                     if truncate or node.remote_exists is not True:
                         node.base_pending, node.size, node.dirty = False, 0, True
+                        node.append_at = 0
                     else:
                         node.base_pending, node.size = True, node.remote_size
+                        node.append_at = None
             if source is not None:
                 fresh = self.store.new_file()
                 try:
@@ -103,6 +106,7 @@ class WriteOps:
                 with self.lock:
                     old, node.spool, node.sealed = node.spool, fresh, False
                     node.dirty, node.base_pending, node.size = True, False, fresh.size
+                    node.append_at = 0 if fresh.size == 0 else None
                 source.decref()
                 if old is not None:
                     old.decref()  # the node's reference to the sealed version
@@ -152,11 +156,16 @@ class WriteOps:
         spool = self._writable_spool(node, upto=length)
         with self.lock:
             node.base_pending = False
+            stream = self._not_an_append(node)
+        if stream is not None:
+            self.writeback.cancel(stream)
         spool.truncate(length, self.opts.op_timeout)
         with self.lock:
             node.size = length
             node.dirty = True
             node.mtime = time.time()
+            if length == 0 and node.spool is spool and not node.appending:
+                node.append_at = 0  # empty again: appends from here are the whole content
 
     def write(self, fh: int, data: bytes, offset: int) -> int:
         handle = self._handle(fh)
@@ -164,13 +173,69 @@ class WriteOps:
             raise AgaveFSError("file not open for writing", errno=errno.EBADF)
         node = handle.node
         spool = self._writable_spool(node)
-        written = spool.pwrite(data, offset, self.opts.op_timeout)
+        with self.lock:
+            appended = node.append_at == offset and node.spool is spool and bool(data)
+            if appended:
+                node.append_at += len(data)
+                node.appending += 1
+                stream = None
+            else:
+                stream = self._not_an_append(node)
+        if stream is not None:
+            self.writeback.cancel(stream)  # before the bytes it may have sent change
+        try:
+            written = spool.pwrite(data, offset, self.opts.op_timeout)
+        except BaseException:
+            if appended:
+                self._append_done(node, spool, ok=False)
+            raise
         handle.changed = True
         with self.lock:
             node.size = spool.size
             node.dirty = True
             node.mtime = time.time()
+        if appended:
+            self._append_done(node, spool, ok=written == len(data))
         return written
+
+    # ------------------------------------------------------------------ streamed uploads
+    @staticmethod
+    def _stream_of(node: FileNode) -> Job | None:
+        """Call with lock held: the node's streamed upload still waiting for the close."""
+        job = node.jobs[-1] if node.jobs else None
+        if job is not None and job.source is not None and not job.cancelled and job.spool is node.spool \
+                and job.streaming:
+            return job
+        return None
+
+    def _not_an_append(self, node: FileNode) -> Job | None:
+        """Call with lock held: the spool is changed other than by an append; returns the
+        stream to cancel (before the change)."""
+        node.append_at = None
+        return self._stream_of(node)
+
+    def _append_done(self, node: FileNode, spool: SpoolFile, ok: bool) -> None:
+        """An append reached the spool (or failed): feed the stream, or start one."""
+        start = None
+        cancel = None
+        with self.lock:
+            node.appending -= 1
+            if not ok:
+                cancel = self._not_an_append(node)
+            elif node.append_at is not None and not node.appending and node.spool is spool:
+                stream = self._stream_of(node)
+                if stream is not None:
+                    stream.source.grow(node.append_at)
+                elif (node.append_at >= self.opts.stream_min and node.writers == 1 and not node.deleted
+                      and not node.sealed and not spool.streamed and self.writeback.reserve_stream()):
+                    spool.streamed = True  # one stream per spool: a dropped one is not restarted
+                    start = Job(node, spool.incref(), 0, node.mtime,
+                                source=StreamSource(spool, node.append_at, self.opts.stream_idle))
+                    node.jobs.append(start)
+        if cancel is not None:
+            self.writeback.cancel(cancel)
+        if start is not None:
+            self.writeback.start_stream(start)
 
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> None:
         if path is not None:
@@ -241,11 +306,14 @@ class WriteOps:
             failed = job.last_errno if code == errno.ETIMEDOUT and job.last_errno else code
 
     def _queue_snapshot(self, node: FileNode) -> Job:
-        """Seal a copy of an open file's spool (writers keep writing the original)."""
+        """Seal a copy of an open file's spool (writers keep writing the original).
+        The snapshot supersedes a streamed upload, and the file does not stream again
+        (a writer that fsyncs as it goes would restart it every time)."""
         with self.lock:
             source = node.spool.incref()
             node.dirty = False
             mtime = node.mtime
+            node.append_at = None
         snap = self.store.new_file()
         try:
             snap.copy_from(source, self.opts.op_timeout)
@@ -315,6 +383,19 @@ class WriteOps:
             node.sealed = True
             spool = node.spool.incref()
             mtime = node.mtime
+            stream = self._stream_of(node) if delay != HOLD_UNTIL_RELEASE else None
+        if stream is not None:
+            # the streamed upload becomes this version's upload: it sends the tail now
+            if self.opts.fsync_spool:
+                spool.fsync()  # before the journal says the spool holds the version
+            if self.writeback.seal_stream(stream, spool.size, mtime):
+                spool.decref()
+                with self.lock:
+                    older = [j for j in node.jobs if j is not stream]
+                    node.dirty = False
+                for j in older:
+                    self.writeback.cancel(j)
+                return stream
         try:
             return self._queue(node, spool, mtime, delay=self._grace(spool.size) if delay is None else delay,
                                clean=True, held=delay == HOLD_UNTIL_RELEASE)
@@ -343,12 +424,15 @@ class WriteOps:
         records = self.store.load_records()
         newest: dict[str, dict] = {}
         garbage: list[str] = []
-        for rec in [r for r in records if r.get("cancelled")]:  # tombstones: clean, never upload
+        # tombstones (and streams of files never closed: their spool is an unclosed
+        # file's, moved to lost+found below): delete what they sent, never upload
+        dead = [r for r in records if r.get("cancelled") or r.get("streaming")]
+        for rec in dead:
             garbage.extend(p for p in rec.get("leftovers", []) if isinstance(p, str))
             self._discard_record(rec)
         if garbage:
             threading.Thread(target=self._delete_garbage, args=(garbage,), daemon=True).start()
-        for rec in [r for r in records if not r.get("cancelled")]:
+        for rec in [r for r in records if r not in dead]:
             prev = newest.get(rec["path"])
             if prev is not None:  # an older version of the same path: superseded
                 rec.setdefault("leftovers", []).extend(prev.get("leftovers", []))

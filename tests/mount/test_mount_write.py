@@ -356,3 +356,51 @@ def test_a_reader_opened_first_sees_what_a_writer_writes(mount_factory, emu):
         os.close(rfd)
     finish(m)
     assert (emu.home() / "shared.bin").read_bytes() == new
+
+
+def _streamed(m: Mount) -> list[dict]:
+    from agavefs import control
+    return control.status_of(str(m.path)).get("streaming", [])
+
+
+def test_a_large_copy_uploads_while_it_is_written(mnt: Mount, emu):
+    """A file written from empty by appends streams to the server as it grows: most of
+    it is sent before the close, one upload in all, and the server gets every byte."""
+    rng = random.Random(11)
+    chunks = [rng.randbytes(1024 * 1024) for _ in range(24)]
+    with open(mnt.path / "big.bin", "wb") as f:
+        for c in chunks[:16]:
+            f.write(c)
+        f.flush()
+        deadline = time.monotonic() + 20
+        while not any(s["path"] == "/big.bin" and s["sent"] >= 12 * 1024 * 1024 for s in _streamed(mnt)):
+            assert time.monotonic() < deadline, _streamed(mnt)
+            time.sleep(0.05)
+        for c in chunks[16:]:
+            f.write(c)
+    finish(mnt)
+    assert (emu.home() / "big.bin").read_bytes() == b"".join(chunks)
+    uploads = [e for e in emu.access_entries() if e["method"] == "POST" and "/files/v2/media/" in e["path"]]
+    assert len(uploads) == 1 and uploads[0]["status"] == 202, uploads
+    assert not [p for p in emu.home().rglob("*") if HIDDEN in p.name]
+
+
+def test_a_header_patched_after_the_body_is_not_lost_to_the_stream(mnt: Mount, emu):
+    """Archivers and muxers write the body, then seek back and patch a header: the
+    stream already sent the old header, so it must be dropped, and the file uploaded
+    at its close with the patch."""
+    rng = random.Random(12)
+    body = bytearray(rng.randbytes(20 * 1024 * 1024))
+    with open(mnt.path / "archive.bin", "wb") as f:
+        f.write(body)
+        f.flush()
+        deadline = time.monotonic() + 20
+        while not _streamed(mnt):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        f.seek(100)
+        f.write(b"PATCHED HEADER")
+        body[100:114] = b"PATCHED HEADER"
+    finish(mnt)
+    assert (emu.home() / "archive.bin").read_bytes() == bytes(body)
+    assert not [p for p in emu.home().rglob("*") if HIDDEN in p.name]

@@ -25,8 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "vfs"))
 from memory_backend import MemoryBackend  # noqa: E402
 
 from agavefs.errors import NotFound  # noqa: E402
-from agavefs.vfs.core import VFS  # noqa: E402
-from agavefs.vfs.options import Options  # noqa: E402
 from agavefs.vfs.writeback import is_temp_name  # noqa: E402
 
 
@@ -59,20 +57,6 @@ class GatedBackend(MemoryBackend):
         return super().staging_state(path, size)
 
 
-@pytest.fixture
-def vfs_of(tmp_path):
-    made = []
-
-    def make(backend, **kw):
-        kw.setdefault("cache_dir", str(tmp_path / "spool"))
-        opts = Options(**kw)
-        v = VFS(backend, opts, opts.cache_dir)
-        made.append(v)
-        return v
-
-    yield make
-    for v in made:
-        v.close(wait=True)
 
 
 def write(vfs, path, data):
@@ -96,10 +80,10 @@ def _listing_in_flight(vfs, backend, path):
     return t, out
 
 
-def test_upload_landing_during_a_listing_is_not_hidden(vfs_of):
+def test_upload_landing_during_a_listing_is_not_hidden(make_vfs):
     backend = GatedBackend()
     backend.put("/d/old.txt", b"old")
-    vfs = vfs_of(backend, dir_ttl=60, negative_ttl=5)
+    vfs = make_vfs(backend, dir_ttl=60, negative_ttl=5)
     t, out = _listing_in_flight(vfs, backend, "/d")  # the server's answer has no new.txt
     write(vfs, "/d/new.txt", b"closed before the listing came back")
     assert vfs.drain(timeout=10)  # stored, the node forgotten: only the caches know it now
@@ -110,11 +94,11 @@ def test_upload_landing_during_a_listing_is_not_hidden(vfs_of):
     assert vfs.getattr("/d/new.txt")["st_size"] == len(b"closed before the listing came back")
 
 
-def test_delete_during_a_listing_is_not_undone(vfs_of):
+def test_delete_during_a_listing_is_not_undone(make_vfs):
     backend = GatedBackend()
     backend.put("/d/a.txt", b"a")
     backend.put("/d/b.txt", b"b")
-    vfs = vfs_of(backend)
+    vfs = make_vfs(backend)
     vfs.getattr("/d/a.txt")
     t, out = _listing_in_flight(vfs, backend, "/d")  # the server's answer still has a.txt
     vfs.unlink("/d/a.txt")
@@ -126,10 +110,10 @@ def test_delete_during_a_listing_is_not_undone(vfs_of):
         vfs.getattr("/d/a.txt")
 
 
-def test_directory_renamed_during_its_listing_is_not_cached_under_the_old_name(vfs_of):
+def test_directory_renamed_during_its_listing_is_not_cached_under_the_old_name(make_vfs):
     backend = GatedBackend()
     backend.put("/d/x.txt", b"x")
-    vfs = vfs_of(backend)
+    vfs = make_vfs(backend)
     vfs.getattr("/d")
     t, out = _listing_in_flight(vfs, backend, "/d")
     vfs.rename("/d", "/e")
@@ -141,10 +125,10 @@ def test_directory_renamed_during_its_listing_is_not_cached_under_the_old_name(v
     assert names(vfs, "/e") == ["x.txt"]
 
 
-def test_directory_rename_waits_for_a_cancelled_upload_to_clean_up(vfs_of):
+def test_directory_rename_waits_for_a_cancelled_upload_to_clean_up(make_vfs):
     backend = GatedBackend()
     backend.put("/d/keep.txt", b"k")
-    vfs = vfs_of(backend, op_timeout=10)
+    vfs = make_vfs(backend, op_timeout=10)
     gate = threading.Event()
     backend.staging_gate = gate
     write(vfs, "/d/f.txt", b"version 1")  # its temporary file lands in /d; its poll waits
@@ -165,12 +149,12 @@ def test_directory_rename_waits_for_a_cancelled_upload_to_clean_up(vfs_of):
     assert files == {"/e/keep.txt": b"k", "/e/f.txt": b"version 2"}
 
 
-def test_open_while_the_last_upload_lands_keeps_the_content(vfs_of):
+def test_open_while_the_last_upload_lands_keeps_the_content(make_vfs):
     """open() found the file's node (its upload pending), then the upload landed and
     the node was forgotten before open() took it: the new node must start from the
     stored content, not from an empty file (the soak saw a truncate produce zeros)."""
     backend = GatedBackend()
-    vfs = vfs_of(backend)
+    vfs = make_vfs(backend)
     gate = threading.Event()
     backend.staging_gate = gate
     content = bytes(range(256)) * 256  # 64 KiB
@@ -197,12 +181,12 @@ def test_open_while_the_last_upload_lands_keeps_the_content(vfs_of):
     assert backend.files["/f"] == content[:1000]
 
 
-def test_file_stays_visible_while_a_reopen_copies_its_pending_version(vfs_of):
+def test_file_stays_visible_while_a_reopen_copies_its_pending_version(make_vfs):
     """Reopening a file whose closed version is pending copies that version (so the
     journal keeps it until the next close); while the copy runs the file must not
     vanish or show another size."""
     backend = GatedBackend()
-    vfs = vfs_of(backend)
+    vfs = make_vfs(backend)
     gate = threading.Event()
     backend.staging_gate = gate  # the closed version stays pending
     write(vfs, "/f", b"x" * 5000)
@@ -241,14 +225,14 @@ def test_file_stays_visible_while_a_reopen_copies_its_pending_version(vfs_of):
     assert backend.files["/f"] == b"x" * 5000 + b"y"
 
 
-def test_a_job_cancelled_as_its_upload_starts_leaves_nothing_behind(vfs_of, monkeypatch):
+def test_a_job_cancelled_as_its_upload_starts_leaves_nothing_behind(make_vfs, monkeypatch):
     """A newer version cancels the older one just as the older one's upload step
     begins: either the upload is not sent, or it is sent and then deleted (the soak
     found the older version's temporary file left on the server)."""
     import agavefs.vfs.writeback as wb
 
     backend = GatedBackend()
-    vfs = vfs_of(backend)
+    vfs = make_vfs(backend)
     real_temp_path = wb.temp_path
     fired = threading.Event()
 
@@ -279,13 +263,13 @@ def test_a_job_cancelled_as_its_upload_starts_leaves_nothing_behind(vfs_of, monk
     assert files == {"/d/f": b"new version"}
 
 
-def test_closing_a_new_version_as_the_previous_one_lands_keeps_it_visible(vfs_of):
+def test_closing_a_new_version_as_the_previous_one_lands_keeps_it_visible(make_vfs):
     """The last close seals the new version; if the previous version's upload finishes
     just before the new job is on the node's list, the node must not be forgotten (the
     soak saw a truncate "undone" for readers - they were served the previous version
     from the server - and renamed files come back under their old name)."""
     backend = GatedBackend()
-    vfs = vfs_of(backend)
+    vfs = make_vfs(backend)
     gate = threading.Event()
     backend.staging_gate = gate
     write(vfs, "/f", b"version 1 " * 100)

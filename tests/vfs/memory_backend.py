@@ -11,7 +11,7 @@ import posixpath
 import threading
 import time
 
-from agavefs.errors import AlreadyExists, NotFound, Transient
+from agavefs.errors import AlreadyExists, InvalidArgument, NotFound, Transient
 from agavefs.vfs.backend import Entry, Staging
 
 
@@ -41,6 +41,8 @@ class MemoryBackend:
         self.calls: dict[str, int] = {}
         self.fail_next: dict[str, int] = {}
         self.lose_next_staging = False
+        self.refuse_streams = False
+        self.streamed_bytes = 0  # taken from streamed bodies (finished or not)
 
     def _call(self, op: str) -> None:
         with self.lock:
@@ -100,6 +102,23 @@ class MemoryBackend:
         self._call("upload")
         with open(local_path, "rb") as f:
             data = f.read()
+        self._stage(dir_path, name, data)
+
+    def upload_stream(self, chunks, dir_path, name):
+        """Takes the chunks as they come (like a server reading a chunked body); an
+        exception from them propagates and nothing is stored.  ``refuse_streams``
+        answers like a server that wants a Content-Length."""
+        self._call("upload_stream")
+        if self.refuse_streams:
+            raise InvalidArgument("HTTP 411: Length Required")
+        parts = []
+        for chunk in chunks():
+            parts.append(bytes(chunk))
+            with self.lock:
+                self.streamed_bytes += len(chunk)
+        self._stage(dir_path, name, b"".join(parts))
+
+    def _stage(self, dir_path, name, data):
         with self.lock:
             if dir_path not in self.dirs:
                 raise NotFound(dir_path)
@@ -112,10 +131,10 @@ class MemoryBackend:
         self._call("staging")
         with self.lock:
             if path in self.staging:
-                return Staging.PENDING, None
+                return Staging.PENDING, None, None
             if path in self.files and len(self.files[path]) == size:
-                return Staging.STORED, size
-            return Staging.PENDING, None
+                return Staging.STORED, size, size
+            return Staging.PENDING, None, None
 
     def mkdir(self, path):
         self._call("mkdir")

@@ -16,30 +16,12 @@ import time
 import pytest
 
 from agavefs.errors import AgaveFSError
-from agavefs.vfs.core import VFS
-from agavefs.vfs.options import Options
 from memory_backend import MemoryBackend
 
 
 @pytest.fixture
 def backend():
     return MemoryBackend(staging_delay=0.05)
-
-
-@pytest.fixture
-def make_vfs(tmp_path):
-    made = []
-
-    def make(backend, **kw):
-        kw.setdefault("cache_dir", str(tmp_path / "spool"))
-        opts = Options(**kw)
-        vfs = VFS(backend, opts, opts.cache_dir)
-        made.append(vfs)
-        return vfs
-
-    yield make
-    for vfs in made:
-        vfs.close(wait=True)
 
 
 def write_file(vfs, path, data, offset=0, create=True):

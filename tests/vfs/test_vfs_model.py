@@ -13,6 +13,7 @@ import os
 import posixpath
 import shutil
 import tempfile
+import time
 
 from hypothesis import HealthCheck, settings, strategies as s
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -34,7 +35,9 @@ class VFSModel(RuleBasedStateMachine):
         self.vfs = self._new_vfs()
 
     def _new_vfs(self) -> VFS:
-        opts = Options(cache_dir=self.dir, staging_timeout=5, fsync_spool=False)
+        # files of 8 bytes and more stream while written (streaming.py), so sessions of
+        # appends and other changes race streams with everything else
+        opts = Options(cache_dir=self.dir, staging_timeout=5, fsync_spool=False, stream_min=8)
         return VFS(self.backend, opts, self.dir)
 
     def teardown(self):
@@ -90,6 +93,32 @@ class VFSModel(RuleBasedStateMachine):
         self.vfs.fsync(fh)
         self.vfs.release(fh)
         self.model[path] += extra
+
+    @rule(path=s.sampled_from(NAMES),
+          steps=s.lists(s.tuples(s.sampled_from(["append", "append", "write", "truncate", "fsync", "pause"]),
+                                 s.integers(0, 60), s.binary(min_size=1, max_size=24)), max_size=8))
+    def write_session(self, path, steps):
+        """One open descriptor: appends (a stream starts past 8 bytes), then maybe an
+        overwrite, a hole, a truncate or an fsync, all before the close."""
+        fh = self.vfs.create(path)
+        content = bytearray()
+        for op, n, data in steps:
+            if op == "append":
+                self.vfs.write(fh, data, len(content))
+                content += data
+            elif op == "write":
+                self.vfs.write(fh, data, n)
+                content.extend(b"\0" * max(0, n - len(content)))
+                content[n:n + len(data)] = data
+            elif op == "truncate":
+                self.vfs.truncate(None, n, fh)
+                content = content[:n] + bytearray(max(0, n - len(content)))
+            elif op == "fsync":
+                self.vfs.fsync(fh)
+            else:
+                time.sleep(0.005)  # let the stream catch up with the writer
+        self.vfs.release(fh)
+        self.model[path] = bytes(content)
 
     @rule()
     def drain_and_compare_server(self):
