@@ -523,14 +523,25 @@ class WriteBack:
             self._schedule(0, "finalize", job)
             return
         if state is Staging.FAILED:
+            self._distrust_streams(job)
             raise AgaveFSError(f"the server's staging of {job.node.path} failed")
         if progress != job.last_seen:
             job.last_seen = progress
             job.last_progress = now
         if state is Staging.LOST or now - job.last_progress > self.staging_timeout:
+            self._distrust_streams(job)
             raise AgaveFSError(f"the staging of {job.node.path} made no progress for "
                                f"{self.staging_timeout:.0f} s (lost)")
         self._schedule(self._next_poll(job, now, length), "poll", job)
+
+    def _distrust_streams(self, job: Job) -> None:
+        """A streamed body the server accepted but did not store right (a proxy that
+        mangles bodies of unknown length would look like this): the retry, and every
+        later file, uploads at its close."""
+        if job.source is not None and self.streaming and job.attempts == 0:
+            self.streaming = False
+            log.warning("the server did not store the streamed upload of %s: files upload at "
+                        "their close from now on", job.node.path)
 
     def _step_finalize(self, job: Job) -> None:
         node = job.node

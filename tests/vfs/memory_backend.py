@@ -42,6 +42,7 @@ class MemoryBackend:
         self.fail_next: dict[str, int] = {}
         self.lose_next_staging = False
         self.refuse_streams = False
+        self.mangle_streams = False  # accept streamed bodies but store them a byte short
         self.streamed_bytes = 0  # taken from streamed bodies (finished or not)
 
     def _call(self, op: str) -> None:
@@ -116,7 +117,8 @@ class MemoryBackend:
             parts.append(bytes(chunk))
             with self.lock:
                 self.streamed_bytes += len(chunk)
-        self._stage(dir_path, name, b"".join(parts))
+        data = b"".join(parts)
+        self._stage(dir_path, name, data[:-1] if self.mangle_streams else data)
 
     def _stage(self, dir_path, name, data):
         with self.lock:

@@ -172,6 +172,22 @@ def test_a_server_that_refuses_streams(backend, svfs):
     assert not vfs.writeback.streaming
 
 
+def test_a_server_that_stores_streams_wrong(backend, svfs):
+    """Accepted (202) but stored a byte short: the length check never passes, the
+    staging counts as lost, the retry and every later file upload at their close."""
+    backend.mangle_streams = True
+    vfs = svfs(backend, staging_timeout=0.5)
+    for name in ("/one", "/two"):
+        fh = vfs.create(name)
+        append_in_pieces(vfs, fh, blob(200 * KiB))
+        vfs.release(fh)
+        assert vfs.drain(timeout=20)
+    assert backend.files["/one"] == blob(200 * KiB) and backend.files["/two"] == blob(200 * KiB)
+    assert backend.calls.get("upload_stream") == 1 and backend.calls.get("upload") == 2
+    assert not vfs.writeback.streaming
+    assert no_temporary_files(backend)  # the short copy was deleted
+
+
 def test_a_stream_that_fails_after_the_close_is_uploaded_again(backend, svfs):
     vfs = svfs(backend)
     gate = threading.Event()
