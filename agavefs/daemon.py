@@ -131,7 +131,8 @@ def build_vfs(args, system, path):
                    uid=args.uid, gid=args.gid, umask=args.umask, read_only=args.read_only,
                    strict=args.strict, cache_dir=cache_dir, cache_max_size=args.cache_max_size,
                    upload_workers=args.upload_workers, sync_close=args.sync_close,
-                   staging_timeout=args.staging_timeout, op_timeout=args.op_timeout)
+                   staging_timeout=args.staging_timeout, op_timeout=args.op_timeout,
+                   walk_ahead=max(0, args.walk_ahead))
     lock = _lock_cache_dir(cache_dir)
     if lock is None:  # another daemon owns it: use a private spool, no shared journal
         cache_dir = os.path.join(cache_dir, f"pid-{os.getpid()}")

@@ -59,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how long a directory listing is trusted; changes made elsewhere appear after it")
     g.add_argument("--negative-ttl", type=float, default=Options.negative_ttl, metavar="SECONDS",
                    help="how long 'no such file' is trusted")
+    g.add_argument("--walk-ahead", type=int, default=Options.walk_ahead, metavar="N",
+                   help="while find, du, rsync, ls -R... walk a tree, list up to N of the directories "
+                        "they enter next in parallel (0: off)")
     g = p.add_argument_group("files")
     g.add_argument("--uid", type=int, default=os.getuid(), help="owner shown for every file (default: your user id)")
     g.add_argument("--gid", type=int, default=os.getgid(), help="group shown for every file (default: your group id)")

@@ -48,6 +48,7 @@ from agavefs.vfs.nodes import BLOCK, FileNode, Handle
 from agavefs.vfs.options import Options
 from agavefs.vfs.reader import ReadBudget, RemoteReader
 from agavefs.vfs.spool import SpoolStore
+from agavefs.vfs.walkahead import WalkAhead
 from agavefs.vfs.writeback import WriteBack, is_temp_name
 from agavefs.vfs.writing import WriteOps
 
@@ -71,6 +72,8 @@ class VFS(NamespaceOps, WriteOps):
         self.budget = ReadBudget(opts.readahead_total)
         self.writeback = WriteBack(backend, self.store, self, workers=opts.upload_workers,
                                    staging_timeout=opts.staging_timeout)
+        self._flights: dict[str, _Flight] = {}  # listings in flight; protected by lock
+        self.walk = WalkAhead(self._list_ahead, opts.walk_ahead) if opts.walk_ahead > 0 else None
         self.started = time.time()
 
     # ------------------------------------------------------------------ helpers
@@ -249,7 +252,7 @@ class VFS(NamespaceOps, WriteOps):
             raise NotADirectory(path)
         listing = self.meta.listing(path)
         if listing is None:
-            listing = self._fetch_listing(path)
+            listing = self._listing_shared(path)
         entries = {name: e for name, e in listing.children.items() if not is_temp_name(name)}
         with self.lock:
             for name in self._child_nodes.get(path, ()):
@@ -258,7 +261,53 @@ class VFS(NamespaceOps, WriteOps):
                     entries[name] = self._node_entry(node)
         out: list[tuple[str, dict | None]] = [(".", self.attr_of(listing.me)), ("..", None)]
         out.extend((name, self.attr_of(e)) for name, e in entries.items())
+        if self.walk is not None:
+            self.walk.entered(path, self._unlisted_subdirs(path, listing),
+                              self._unlisted_subdirs(posixpath.dirname(path)))
         return out
+
+    def _unlisted_subdirs(self, path: str, listing=None) -> list[str]:
+        """The subdirectories of ``path`` (from its cached listing) whose own listing is
+        not cached: what walk-ahead may list."""
+        listing = listing or self.meta.listing(path)
+        if listing is None:
+            return []
+        subdirs = [posixpath.join(path, name) for name, e in listing.children.items()
+                   if e.is_dir and not is_temp_name(name)]
+        return [d for d in subdirs if not self.meta.has_listing(d)]
+
+    def _list_ahead(self, path: str) -> bool:
+        """Walk-ahead (walkahead.py): list ``path`` into the cache unless it is there;
+        True when it was fetched."""
+        if self.meta.listing(path) is not None:
+            return False
+        self._listing_shared(path)
+        return True
+
+    def _listing_shared(self, path: str):
+        """``_fetch_listing``, but one request at a time per directory: a caller that
+        finds the directory being listed (by walk-ahead, or another process) waits
+        for that answer, or its error."""
+        with self.lock:
+            flight = self._flights.get(path)
+            leader = flight is None
+            if leader:
+                flight = self._flights[path] = _Flight()
+        if not leader:
+            flight.done.wait()  # the request is bounded by its own deadline
+            if flight.error is not None:
+                raise flight.error
+            return flight.result
+        try:
+            flight.result = self._fetch_listing(path)
+            return flight.result
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self.lock:
+                self._flights.pop(path, None)
+            flight.done.set()
 
     def _fetch_listing(self, path: str):
         """A fresh listing from the server, with the changes made through the mount
@@ -448,7 +497,18 @@ class VFS(NamespaceOps, WriteOps):
 
     def close(self, wait: bool = False) -> None:
         """Stop the upload workers (pending uploads stay in the journal)."""
+        if self.walk is not None:
+            self.walk.stop()
         self.writeback.stop(wait)
+
+
+class _Flight:
+    """A listing request in flight, for the callers waiting on it."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result = None
+        self.error: BaseException | None = None
 
 
 __all__ = ["VFS", "Handle", "TimedOut"]

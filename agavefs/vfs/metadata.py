@@ -128,6 +128,11 @@ class MetaCache:
                 self.hits += 1
             return listing
 
+    def has_listing(self, path: str) -> bool:
+        """Is a listing of ``path`` cached (not counted as a hit or a miss)."""
+        with self._lock:
+            return path in self._listings
+
     # -- requests in flight -------------------------------------------------
     def _begin(self, table: dict, path: str) -> ListingFetch:
         fetch = ListingFetch(path, table)

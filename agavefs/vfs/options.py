@@ -25,6 +25,7 @@ class Options:
     readahead_min: int = 1 * MiB
     readahead_max: int = 32 * MiB
     readahead_total: int = 64 * MiB  # over all open files
+    walk_ahead: int = 8  # directories listed ahead of a tree walker at once (walkahead.py); 0: off
     # write path
     cache_dir: str = ""
     cache_max_size: int = 10 * 1024 * MiB  # the spool

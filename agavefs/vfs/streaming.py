@@ -62,6 +62,7 @@ class StreamSource:
         self.size: int | None = None  # set by seal(): the content ends there
         self.aborted: str | None = None
         self.sent = 0  # bytes handed to the current attempt's request (status)
+        self.progress = None  # progress(sent, size or None, available) after each chunk
 
     @property
     def sealed(self) -> bool:
@@ -116,4 +117,6 @@ class StreamSource:
                 raise StreamAborted(f"the spool holds {pos + len(data)} bytes, not {pos + n}")
             pos += n
             self.sent = pos
+            if self.progress is not None:
+                self.progress(pos, self.size, self.available)
             yield data

@@ -236,6 +236,23 @@ class WriteBack:
                          quarter * 25)
         return progress
 
+    @classmethod
+    def _stream_progress_logger(cls, target: str):
+        """progress(sent, size, written) of a streamed upload: while the file is being
+        written, a line at 16, 32, 64... MiB sent; once its size is known, the quarters."""
+        quarters = cls._progress_logger(target)
+        mark = [PROGRESS_MIN // 4]
+
+        def progress(sent: int, size: int | None, written: int) -> None:
+            if size is not None:
+                if size >= PROGRESS_MIN:
+                    quarters(sent, size)
+            elif sent >= mark[0]:
+                mark[0] *= 2
+                log.info("uploading %s: %.1f of %.1f MiB (%d%%) written so far, as it is written",
+                         target, sent / 2**20, written / 2**20, sent * 100 // max(1, written))
+        return progress
+
     def persist(self, job: Job) -> None:
         """Rewrite the job's journal record (new path, new leftovers)."""
         with job.record_lock:
@@ -319,6 +336,7 @@ class WriteBack:
                 raise StreamAborted("cancelled")
             self.persist_or_warn(job)  # the temporary name is recorded before anything is sent
             log.info("streaming %s to the server as it is written", target)
+            job.source.progress = self._stream_progress_logger(target)
             self.backend.upload_stream(job.source.chunks, parent, posixpath.basename(job.temp))
         except Exception as exc:  # noqa: BLE001 - every outcome is handled below
             self._stream_slots.release()

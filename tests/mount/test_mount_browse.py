@@ -289,3 +289,30 @@ def test_background_mount_and_umount(emu, mount_factory, tmp_path):
     assert r.returncode == 0, r.stderr
     assert not os.path.ismount(m.mountpoint)
     assert (emu.home() / "bg.txt").read_text() == "background"
+
+
+def test_find_lists_ahead_and_each_directory_once(emulator_factory, mount_factory):
+    """find over 5x5x3 directories on a 20 ms server: walk-ahead lists the directories
+    find enters next in parallel; each is still listed exactly once (a page at
+    offset 0 per directory; later requests at other offsets are only page probes)."""
+    emu = emulator_factory("--latency", "20", "--staging-delay", "0")
+    dirs = []
+    for a in range(5):
+        for b in range(5):
+            for c in range(3):
+                d = emu.home() / "w" / f"a{a}" / f"b{b}" / f"c{c}"
+                d.mkdir(parents=True)
+                (d / "f").write_bytes(b"x")
+                dirs.append(d)
+    m = mount_factory(emu)
+    before = len(emu.access_entries())
+    t0 = time.monotonic()
+    found = run("find", str(m.path / "w"), "-type", "f").stdout.split()
+    took = time.monotonic() - t0
+    assert len(found) == len(dirs)
+    firsts = [e["path"] for e in listings(emu.access_entries(), before) if "offset=0&" in e["query"]
+              and "limit=1" not in e["query"].split("&")]
+    n_dirs = 1 + 5 + 25 + 75
+    assert len(firsts) == len(set(firsts)) == n_dirs, sorted(firsts)
+    # one listing after another: 106 x 20 ms at least; ahead, several at once
+    assert took < n_dirs * 0.020, took

@@ -28,11 +28,13 @@ def _prepare(emu, tag):
     for op in OPS:  # one directory per operation: the kernel serialises changes in one directory
         (h / f"{op}-{tag}").mkdir()
         (h / f"{op}-{tag}" / "file.txt").write_bytes(f"{op} {tag} ".encode() * 1000)
-    (h / f"ls-{tag}" / "sub").mkdir()
+    # "uncached" paths are two levels below any directory listed: walk-ahead lists
+    # the subdirectories of a listed directory (sub), never deeper
+    (h / f"ls-{tag}" / "sub" / "deeper").mkdir(parents=True)
     (h / f"rmdir-{tag}" / "empty").mkdir()
     (h / f"mvdir-{tag}" / "moving").mkdir()
-    (h / f"stat-{tag}" / "sub").mkdir()
-    (h / f"stat-{tag}" / "sub" / "a.txt").write_bytes(b"a" * 5000)
+    (h / f"stat-{tag}" / "sub" / "deeper").mkdir(parents=True)
+    (h / f"stat-{tag}" / "sub" / "deeper" / "a.txt").write_bytes(b"a" * 5000)
 
 
 def _cache_listings(m, tag):
@@ -44,8 +46,8 @@ def _cache_listings(m, tag):
 def _ops(m, tag):
     d = {op: m.path / f"{op}-{tag}" for op in OPS}
     return {
-        "stat uncached": (op_stat, (str(d["stat"] / "sub" / "a.txt"),)),
-        "ls uncached": (op_listdir, (str(d["ls"] / "sub"),)),
+        "stat uncached": (op_stat, (str(d["stat"] / "sub" / "deeper" / "a.txt"),)),
+        "ls uncached": (op_listdir, (str(d["ls"] / "sub" / "deeper"),)),
         "read uncached": (op_read, (str(d["read"] / "file.txt"),)),
         "write+close new": (op_write_close, (str(d["new"] / "new.txt"), b"spooled new " * 100)),
         "write+close over": (op_write_close, (str(d["over"] / "file.txt"), b"spooled over " * 100)),
@@ -102,8 +104,8 @@ def _down_then_back(emulator_factory, mount_factory, freeze: bool):
         emu.start()  # same port (Emulator keeps it)
     # the mount works again
     assert (m.path / f"read-{tag}" / "file.txt").read_bytes() == f"read {tag} ".encode() * 1000
-    assert os.listdir(m.path / f"ls-{tag}" / "sub") == []
-    assert (m.path / f"stat-{tag}" / "sub" / "a.txt").read_bytes() == b"a" * 5000
+    assert os.listdir(m.path / f"ls-{tag}" / "sub" / "deeper") == []
+    assert (m.path / f"stat-{tag}" / "sub" / "deeper" / "a.txt").read_bytes() == b"a" * 5000
     # a frozen server still holds the requests it accepted: once thawed it may carry out
     # the mkdir, rename and unlink that timed out (ETIMEDOUT = outcome unknown)
     try:

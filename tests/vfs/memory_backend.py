@@ -42,6 +42,7 @@ class MemoryBackend:
         self.fail_next: dict[str, int] = {}
         self.lose_next_staging = False
         self.refuse_streams = False
+        self.list_delay = 0.0  # seconds each listing takes
         self.mangle_streams = False  # accept streamed bodies but store them a byte short
         self.streamed_bytes = 0  # taken from streamed bodies (finished or not)
 
@@ -76,6 +77,8 @@ class MemoryBackend:
 
     def list(self, path):
         self._call("list")
+        if self.list_delay:
+            time.sleep(self.list_delay)  # a remote server's round trip
         with self.lock:
             me = self._entry(path)
             if not me.is_dir:
