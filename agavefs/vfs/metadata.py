@@ -215,8 +215,10 @@ class MetaCache:
                 pass
             self._attrs.pop(path, None)
             self._negative.pop(path, None)
-            for name in listing.children:
-                self._negative.pop(posixpath.join(path, name), None)
+            for name in listing.children:  # the listing supersedes what was known of each
+                child = posixpath.join(path, name)
+                self._negative.pop(child, None)
+                self._attrs.pop(child, None)
         return listing
 
     def put(self, path: str, entry: Entry) -> None:
@@ -230,6 +232,8 @@ class MetaCache:
         listing = self._listings.get(posixpath.dirname(path))
         if listing is not None and path != "/":
             listing.children[entry.name] = entry
+            # an older per-path entry must not come back when the listing goes
+            self._attrs.pop(path, None)
         else:
             self._attrs[path] = entry
 

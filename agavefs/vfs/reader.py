@@ -8,7 +8,9 @@ not continue the previous one, is a single ranged request for exactly the bytes
 asked (clamped to the file size): a thumbnailer's first bytes or a random 4 KiB
 read cost one small request and nothing more.
 
-A read that continues the previous one starts a ``Prefetch``: one streaming GET
+A read that continues the previous one, or a first read of a whole CHUNK at
+offset 0 (only a sequential reader asks for that much at once: the kernel's first
+read-ahead for a small read is a few pages), starts a ``Prefetch``: one streaming GET
 from that offset to EOF, drained by a background thread into a window of chunks
 that grows (``readahead_min`` doubling to ``readahead_max``) whenever the reader
 catches up with it.  The kernel sends concurrent, possibly reordered reads for one
@@ -253,7 +255,11 @@ class RemoteReader:
     def _read(self, offset: int, size: int) -> bytes:
         with self._lock:
             prefetch = self._prefetch
-            if prefetch is None and offset == self._last_end:
+            # a read continuing the previous one, or a first read of a whole chunk from
+            # the start (cp, dd, cat: a small first read, as a probe or `head` makes,
+            # stays one exact ranged request)
+            if prefetch is None and (offset == self._last_end or (
+                    offset == 0 and self._last_end is None and size >= CHUNK)):
                 prefetch = self._prefetch = self._start(offset)
         if prefetch is not None:
             try:

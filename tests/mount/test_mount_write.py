@@ -6,7 +6,6 @@ compares the emulator's backing directory with the source, byte for byte.
 
 from __future__ import annotations
 
-import filecmp
 import hashlib
 import os
 import random

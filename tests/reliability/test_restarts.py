@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from relsupport import count, no_hidden, run
+from relsupport import count, no_hidden
 
 MiB = 1024 * 1024
 

@@ -10,10 +10,8 @@ import json
 import os
 import shutil
 import socket
-import sqlite3
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.parse
@@ -22,9 +20,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from mountsupport import Mount, is_live_mount
+from mountsupport import Mount
 from helpers import Emulator, agavefs_cmd, password_token
-from relsupport import run
 
 PW = "Pa55-w0rd-no-one-sees"
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]

@@ -7,12 +7,9 @@ land and the mount works again."""
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import signal
-import time
 
-import pytest
 
 from relsupport import (ERRNO_EIO_OR_TIMEOUT, op_listdir, op_mkdir, op_read, op_rename, op_rmdir, op_stat,
                         op_statvfs, op_unlink, op_write_close, op_write_fsync, proc_state, timed_ops)

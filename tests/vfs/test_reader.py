@@ -35,7 +35,21 @@ def test_sequential_reads_stream_once_and_return_the_right_bytes():
         offset += len(chunk)
     reader.close()
     assert bytes(got) == data
-    assert backend.calls.get("stream") == 1 and backend.calls.get("read") == 1  # first read is ranged
+    # a first read of a whole chunk from the start streams at once: one request in all
+    assert backend.calls.get("stream") == 1 and not backend.calls.get("read")
+
+
+def test_a_small_first_read_is_one_ranged_request_then_reads_stream():
+    data = os.urandom(5 * MiB)
+    backend, reader = make(data)
+    assert reader.read(0, 16384) == data[:16384]  # a probe, `head`, a thumbnailer
+    assert backend.calls.get("read") == 1 and not backend.calls.get("stream")
+    got = bytearray(data[:16384])
+    while len(got) < len(data):
+        got += reader.read(len(got), MiB)
+    reader.close()
+    assert bytes(got) == data
+    assert backend.calls.get("stream") == 1 and backend.calls.get("read") == 1
 
 
 def test_aligned_reads_get_whole_chunks():
