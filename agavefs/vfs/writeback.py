@@ -325,15 +325,10 @@ class WriteBack:
 
     def _run_stream(self, job: Job) -> None:
         try:
-            with self.owner.lock:  # the target is chosen as in _step_upload
-                with self._cond:
-                    stop = job.cancelled
-                if not stop:
-                    target = job.node.path
-                    parent = posixpath.dirname(target)
-                    job.temp = temp_path(parent)
-            if stop:
+            target = self._claim_target(job, "streaming")
+            if target is None:
                 raise StreamAborted("cancelled")
+            parent = posixpath.dirname(target)
             self.persist_or_warn(job)  # the temporary name is recorded before anything is sent
             log.info("streaming %s to the server as it is written", target)
             job.source.progress = self._stream_progress_logger(target)
@@ -485,30 +480,36 @@ class WriteBack:
         with self._upload_slots:
             if job.cancelled:
                 return self._cleanup_cancelled(job)
-            with self.owner.lock:
-                # the target and the state change together under the VFS lock: a directory
-                # rename (VFS._rename_dir) either sees this job busy and waits for it, or
-                # has already moved the node, so the temporary file goes where the node is.
-                # Under _cond too: cancel() either sees "uploading" (and leaves the cleanup
-                # of what this sends to the job) or has set `cancelled` before this check
-                # (a cancelled job that still uploaded would leave its file on the server).
-                with self._cond:
-                    stop = job.cancelled
-                    if not stop:
-                        job.state = "uploading"
-                if not stop:
-                    target = job.node.path
-                    parent = posixpath.dirname(target)
-                    if job.temp:
-                        job.leftovers.append(job.temp)
-                    job.temp = temp_path(parent)
-            if stop:
+            target = self._claim_target(job, "uploading")
+            if target is None:
                 return self._cleanup_cancelled(job)
+            parent = posixpath.dirname(target)
             self.persist_or_warn(job)  # the temporary name is recorded before anything is sent
             log.info("uploading %s (%d bytes, attempt %d)", target, job.size, job.attempts + 1)
             self.backend.upload(job.spool.path, parent, posixpath.basename(job.temp),
                                 progress=self._progress_logger(target) if job.size >= PROGRESS_MIN else None)
         self._uploaded(job)
+
+    def _claim_target(self, job: Job, state: str) -> str | None:
+        """Enter ``state`` and pick the job's target and a fresh temporary name beside
+        it; None when the job was cancelled first.
+
+        The target and the state change together under the VFS lock: a directory rename
+        (VFS._rename_dir) either sees this job busy (and waits for it, or drops it when
+        it streams), or has already moved the node, so the temporary file goes where the
+        node is.  Under _cond too: cancel() either sees the job busy (and leaves the
+        cleanup of what it sends to it) or has set ``cancelled`` before this check (a
+        cancelled job that still uploaded would leave its file on the server)."""
+        with self.owner.lock:
+            with self._cond:
+                if job.cancelled:
+                    return None
+                job.state = state
+            target = job.node.path
+            if job.temp:
+                job.leftovers.append(job.temp)
+            job.temp = temp_path(posixpath.dirname(target))
+            return target
 
     def _uploaded(self, job: Job) -> None:
         """The body is sent (202): wait out the staging, then finalize."""

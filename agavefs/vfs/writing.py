@@ -187,24 +187,29 @@ class WriteOps:
             written = spool.pwrite(data, offset, self.opts.op_timeout)
         except BaseException:
             if appended:
-                self._append_done(node, spool, ok=False)
+                self._append_done(node, spool, ok=False, wrote=False)
             raise
         handle.changed = True
-        with self.lock:
-            node.size = spool.size
-            node.dirty = True
-            node.mtime = time.time()
         if appended:
             self._append_done(node, spool, ok=written == len(data))
+        else:
+            with self.lock:
+                self._written(node, spool)
         return written
+
+    @staticmethod
+    def _written(node: FileNode, spool: SpoolFile) -> None:
+        """Call with lock held: the spool was written."""
+        node.size = spool.size
+        node.dirty = True
+        node.mtime = time.time()
 
     # ------------------------------------------------------------------ streamed uploads
     @staticmethod
     def _stream_of(node: FileNode) -> Job | None:
         """Call with lock held: the node's streamed upload still waiting for the close."""
         job = node.jobs[-1] if node.jobs else None
-        if job is not None and job.source is not None and not job.cancelled and job.spool is node.spool \
-                and job.streaming:
+        if job is not None and job.streaming and not job.cancelled and job.spool is node.spool:
             return job
         return None
 
@@ -214,11 +219,14 @@ class WriteOps:
         node.append_at = None
         return self._stream_of(node)
 
-    def _append_done(self, node: FileNode, spool: SpoolFile, ok: bool) -> None:
-        """An append reached the spool (or failed): feed the stream, or start one."""
+    def _append_done(self, node: FileNode, spool: SpoolFile, ok: bool, wrote: bool = True) -> None:
+        """An append reached the spool (or failed): feed the stream, or start one (in
+        the same hold of the lock as the node's size update: the write path)."""
         start = None
         cancel = None
         with self.lock:
+            if wrote:
+                self._written(node, spool)
             node.appending -= 1
             if not ok:
                 cancel = self._not_an_append(node)
