@@ -262,8 +262,8 @@ class VFS(NamespaceOps, WriteOps):
         out: list[tuple[str, dict | None]] = [(".", self.attr_of(listing.me)), ("..", None)]
         out.extend((name, self.attr_of(e)) for name, e in entries.items())
         if self.walk is not None:
-            self.walk.entered(path, self._unlisted_subdirs(path, listing),
-                              self._unlisted_subdirs(posixpath.dirname(path)))
+            self.walk.entered(path, lambda: self._unlisted_subdirs(path, listing)
+                              + self._unlisted_subdirs(posixpath.dirname(path)))
         return out
 
     def _unlisted_subdirs(self, path: str, listing=None) -> list[str]:

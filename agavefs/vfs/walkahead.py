@@ -53,9 +53,10 @@ class WalkAhead:
         for t in self._threads:
             t.start()
 
-    def entered(self, path: str, subdirs: Iterable[str], siblings: Iterable[str]) -> None:
+    def entered(self, path: str, candidates: Callable[[], Iterable[str]]) -> None:
         """A readdir of ``path`` by a user (its listing is known): when it continues a
-        walk, queue its subdirectories, then its siblings, for listing ahead."""
+        walk, queue ``candidates()`` (its subdirectories, then its siblings) for listing
+        ahead; they are not computed otherwise (a readdir is on the FUSE hot path)."""
         now = time.monotonic()
         with self._cond:
             parent = posixpath.dirname(path)
@@ -71,8 +72,12 @@ class WalkAhead:
                 self._recent.popitem(last=False)
             if not walking or self._stopping:
                 return
+        wanted = candidates()
+        with self._cond:
+            if self._stopping:
+                return
             added = 0
-            for d in (*subdirs, *siblings):
+            for d in wanted:
                 if d != path and d not in self._queued and len(self._queue) < QUEUE_MAX:
                     self._queue.append(d)
                     self._queued.add(d)
