@@ -56,6 +56,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -212,18 +213,22 @@ class MountProc:
                 raise RuntimeError("the mount did not come up; see " + str(self.log))
             time.sleep(0.05)
 
-    def wait(self, seconds: float) -> None:
-        """Sleep, watching for a dead session: a token refresh whose answer a server
-        restart cut may have rotated the refresh token server-side (the real gateway
-        does the same): the mount then answers EACCES with "log in again", so log in
-        again, as a user would; the mount adopts the new token."""
-        end = time.monotonic() + seconds
-        while True:
-            self.watch_session()
-            left = end - time.monotonic()
-            if left <= 0:
-                return
-            time.sleep(min(0.5, left))
+    def watch(self) -> None:
+        """Watch for a dead session until ``cleanup``, from a thread: a token refresh
+        whose answer a server restart cut may have rotated the refresh token
+        server-side (the real gateway does the same), at any restart, the last one
+        too: the mount then answers EACCES with "log in again", and its uploads wait;
+        so log in again, as a user would; the mount adopts the new token."""
+        self._watching = threading.Event()
+
+        def loop():
+            while not self._watching.wait(0.3):
+                try:
+                    self.watch_session()
+                except Exception as exc:  # noqa: BLE001 - try again at the next look
+                    print(f"soak: logging in again failed: {exc}", file=sys.stderr)
+
+        threading.Thread(target=loop, name="session-watch", daemon=True).start()
 
     def watch_session(self) -> None:
         try:
@@ -255,6 +260,8 @@ class MountProc:
         return r.returncode == 0
 
     def cleanup(self) -> None:
+        if getattr(self, "_watching", None) is not None:
+            self._watching.set()
         if self.proc is not None and self.proc.poll() is None:
             try:
                 self.umount(timeout=120)
@@ -661,6 +668,7 @@ def run(opts) -> dict:
         server.start(first_args or [], first_env)
         mount.login()
         mount.start()
+        mount.watch()
         for wid in range(opts.workers):
             p = ctx.Process(target=_worker_main, args=(wid, str(mount.mountpoint / f"w{wid}"),
                                                         str(mount.mountpoint / "shared"), shared_model,
@@ -679,17 +687,17 @@ def run(opts) -> dict:
                 server.stop()
                 time.sleep(min(opts.outage, length))
                 server.start()
-                mount.wait(max(0.0, length - opts.outage))
+                time.sleep(max(0.0, length - opts.outage))
             elif name == "freeze":
                 server.freeze()
                 time.sleep(min(opts.outage, length))
                 server.thaw()
-                mount.wait(max(0.0, length - opts.outage))
+                time.sleep(max(0.0, length - opts.outage))
             else:
                 if i > 0:
                     args, env = PHASES[name]
                     server.restart(args, env)
-                mount.wait(length)
+                time.sleep(length)
             summary["phases"].append(name)
             if mount.proc.poll() is not None:
                 summary["failures"].append(f"the mount daemon died (status {mount.proc.returncode})")
@@ -724,7 +732,7 @@ def run(opts) -> dict:
             summary["failures"] = [f for f in summary["failures"] if "PermissionError" not in f]
         elif not mount.relogins:
             summary["failures"].append(f"{refusals} operations refused with EACCES while the session was alive")
-        else:  # tolerated: the session died (see MountProc.wait) and a new login revived the mount
+        else:  # tolerated: the session died (see MountProc.watch) and a new login revived the mount
             summary["failures"] = [f for f in summary["failures"] if "PermissionError" not in f]
         # unmount: waits for every upload; then the server's files must equal the models
         t0 = time.monotonic()

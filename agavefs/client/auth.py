@@ -17,7 +17,10 @@ and rotates the refresh token (agave-api.md section 1).  So :class:`TokenManager
   again with another client must not be overwritten by a running mount);
 * a refused refresh becomes ``AuthError`` ("token refresh failed: log in again
   with `agavefs login ...`"), EACCES at the mount - never a crash or a loop (the
-  transport allows at most one refresh per request).
+  transport allows at most one refresh per request).  The refused refresh token is
+  not sent again: until the cache holds a newer one (or a new login, adopted), the
+  same AuthError is answered from the cache file, without a request, however often
+  the write-back retries.
 
 Locks: ``_lock`` (a threading.Lock) guards the Credentials' token fields and
 serialises refreshes between threads; it is taken *before* the cache file's flock
@@ -103,6 +106,7 @@ class TokenManager:
         self.transport = transport
         self.log = logger
         self._lock = threading.Lock()
+        self._refused: tuple[str, str] | None = None  # (refresh token, error message) under _lock
         transport.redact.add(*creds.secrets())
 
     def _margin(self) -> float:
@@ -158,8 +162,12 @@ class TokenManager:
                 # a cache that is gone, unreadable or now holds another login (other
                 # gateway, user or client) is left alone: the token stays in memory
                 try:
+                    if self._refused is not None and self._refused[0] == creds.refresh_token:
+                        raise AuthError(self._refused[1], status=400)
                     self._refresh_locked(persist=disk is not None and disk.same_identity(creds))
-                except AuthError:
+                except AuthError as exc:
+                    if creds.refresh_token:
+                        self._refused = (creds.refresh_token, exc.message)
                     # our session is dead (a refresh whose answer was lost already rotated
                     # the refresh token, or it was revoked): a newer login of the same user
                     # on the same gateway, with another OAuth client, is what "log in again"

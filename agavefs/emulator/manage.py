@@ -118,6 +118,15 @@ class Manager:
                 self.state.history_add(cur, "CREATED", user, f"New directory created at {self.svc.media_link(base, cur)}")
         return 201, None, self._result(base, user, newdir)
 
+    def _still_there(self, r: Resolved) -> Resolved:
+        """The source again, under the lock: a concurrent rename, move or delete may have
+        taken it since the request was checked (the service answers 404 then, not a
+        failed filesystem call)."""
+        again = self.ns.resolve(r.apath)
+        if not again.exists:
+            raise not_found()
+        return again
+
     def _dest_checks(self, r: Resolved, target: Resolved, kind: str) -> None:
         """Common checks of move and copy destinations; call with self.lock held."""
         if r.is_dir and is_within(target.apath, r.apath):
@@ -155,6 +164,7 @@ class Manager:
                   else f"User does not have access to move data to {new}")
         self.access.require(user, target, "write", denied)
         with self.lock:
+            r = self._still_there(r)
             target = self.ns.resolve(new)
             if kind == "rename" and (target.exists or os.path.lexists(target.entry)):
                 raise AgaveError(400, f"A File or folder at {new} already exists")
@@ -185,6 +195,7 @@ class Manager:
         if new == r.apath:
             raise AgaveError(400, "Source and destination locations cannot be the same.")
         with self.lock:
+            r = self._still_there(r)
             target = self.ns.resolve(new)
             self._dest_checks(r, target, "copy")
             existed = target.exists

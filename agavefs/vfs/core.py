@@ -250,11 +250,20 @@ class VFS(NamespaceOps, WriteOps):
         me = self._entry(path)
         if not me.is_dir:
             raise NotADirectory(path)
-        listing = self.meta.listing(path)
-        if listing is None:
-            listing = self._listing_shared(path)
-        entries = {name: e for name, e in listing.children.items() if not is_temp_name(name)}
+        # an upload that lands meanwhile moves its file from the pending nodes to the
+        # cache (job_done, under self.lock): the listing in hand may be a copy it did
+        # not reach (superseded, not cached); the watch catches it
+        watch = self.meta.watch_listing(path)
+        try:
+            listing = self.meta.listing(path)
+            if listing is None:
+                listing = self._listing_shared(path)
+        except BaseException:
+            self.meta.end(watch)
+            raise
         with self.lock:
+            entries = {name: e for name, e in self.meta.children(watch, listing).items()
+                       if not is_temp_name(name)}
             for name in self._child_nodes.get(path, ()):
                 node = self.nodes[posixpath.join(path, name)]
                 if node.local:

@@ -146,6 +146,24 @@ class MetaCache:
     def begin_stat(self, path: str) -> ListingFetch:
         return self._begin(self._stats, path)
 
+    def watch_listing(self, path: str) -> ListingFetch:
+        """Record the changes to ``path``'s children from now on, for a reader of a
+        listing that may be superseded before it is used (``children``)."""
+        return self._begin(self._fetches, path)
+
+    def children(self, watch: ListingFetch, listing: Listing) -> dict[str, Entry]:
+        """``listing``'s children with the changes made since ``watch`` began applied
+        (they are newer, or already in it); ends the watch."""
+        with self._lock:
+            self._end(watch)
+            kids = dict(listing.children)
+            for name, entry in watch.changes:
+                if entry is None:
+                    kids.pop(name, None)
+                else:
+                    kids[name] = entry
+            return kids
+
     def end(self, fetch: ListingFetch) -> None:
         """Forget a request (put_listing/put_stat do it; call it when it failed)."""
         with self._lock:

@@ -29,7 +29,8 @@ deletes its temporary file instead of finalizing.  The cancel flag is read under
 lock, so a stale version never lands after a newer one.
 
 Failures never delete the spool: every error is retried with exponential backoff
-(1 s doubling to 60 s, with jitter), without limit of attempts, and logged.  fsync
+(1 s doubling to 60 s, with jitter; every 2 s while the session is refused, until a
+new login), without limit of attempts, and logged.  fsync
 waiters are woken by success or by the first failure (they get its errno).
 
 Locks: ``_cond`` protects the heap and the job table; job fields are protected by
@@ -48,7 +49,7 @@ import threading
 import time
 import uuid
 
-from agavefs.errors import AgaveFSError, AlreadyExists, NotFound, Transient, to_errno
+from agavefs.errors import AgaveFSError, AlreadyExists, AuthError, NotFound, Transient, to_errno
 from agavefs.vfs.backend import Staging
 from agavefs.vfs.nodes import FileNode
 from agavefs.vfs.spool import SpoolFile, SpoolStore
@@ -65,6 +66,10 @@ POLL_FIRST = 0.02
 POLL_SHARE = 0.25  # without a prediction, the next look comes after this share of the wait so far
 POLL_MAX = 1.0
 CLEANUP_WAIT = 10.0  # an unmount waits this long for cancelled uploads to delete their files
+# a refused session (the refresh token is dead) is not a busy server: the client answers
+# from the credentials cache without a request until a new login appears there, so the
+# uploads look again this often and resume within seconds of `agavefs login`
+SESSION_RETRY = 2.0
 
 
 def is_temp_name(name: str) -> bool:
@@ -461,6 +466,8 @@ class WriteBack:
         job.last_error = f"{step}: {exc}"
         job.last_errno = to_errno(exc)
         delay = min(60.0, 2.0 ** min(job.attempts - 1, 6)) * (0.5 + random.random() / 2)
+        if isinstance(exc, AuthError):
+            delay = min(delay, SESSION_RETRY)
         log.warning("upload of %s failed (attempt %d, %s); retrying in %.1f s",
                     job.node.path, job.attempts, job.last_error, delay)
         with job.failure:

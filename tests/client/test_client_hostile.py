@@ -249,9 +249,19 @@ def test_failed_refresh_says_log_in_again(stub, tmp_path):
     with make_client(stub, tmp_path) as c:
         with pytest.raises(AuthError, match="agavefs login --base-url"):
             c.stat("/home/demo/f")
-        with pytest.raises(AuthError):
-            c.stat("/home/demo/f")
-    assert len(stub.seen("POST", "/token")) == 2  # one per call, no loop
+        for _ in range(3):  # the refused refresh token is not sent again
+            with pytest.raises(AuthError, match="agavefs login --base-url"):
+                c.stat("/home/demo/f")
+        assert len(stub.seen("POST", "/token")) == 1
+        # `agavefs login` (the same OAuth client) writes a new session: the next call takes it
+        fresh = Credentials.load(str(tmp_path))
+        fresh.access_token, fresh.refresh_token = "ACCESS-relogin-5", "REFRESH-relogin-5"
+        fresh.created_at = str(int(time.time()))
+        fresh.save()
+        stub.route("GET", LISTING, lambda req, h: fault(req, h) if req.headers["authorization"] !=
+                   "Bearer ACCESS-relogin-5" else h.send_json(200, wrap([entry("f", "/home/demo/f")])))
+        assert c.stat("/home/demo/f").name == "f"
+    assert len(stub.seen("POST", "/token")) == 1
 
 
 def test_retry_after_is_honoured(stub):

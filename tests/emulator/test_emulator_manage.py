@@ -80,6 +80,40 @@ def test_move(sapi, work):
     assert r.status_code == 400
 
 
+def test_racing_moves_of_one_source_are_one_success_and_404s(sapi, work):
+    """Concurrent moves of the same file: one wins; the others find it gone, a 404
+    (the service's answer for a missing source), never a 400 "Failed to move" from a
+    source checked before another request took it."""
+    import copy
+    import threading
+
+    import requests
+
+    sapi.mkdir(work, "dest")
+    sessions = []
+    for _ in range(6):  # the same token (one per OAuth client), a connection each
+        twin = copy.copy(sapi)
+        twin.s = requests.Session()
+        twin.s.trust_env, twin.s.verify = False, sapi.s.verify
+        twin.s.headers.update(sapi.s.headers)
+        sessions.append(twin)
+    for round_ in range(15):
+        sapi.put_file(work, "src.txt", b"x")
+        statuses: list[int] = []
+        go = threading.Barrier(len(sessions))
+
+        def move(api, i):
+            go.wait()
+            statuses.append(api.manage(f"{work}/src.txt", "move", f"{work}/dest/r{round_}-{i}").status_code)
+
+        threads = [threading.Thread(target=move, args=(a, i)) for i, a in enumerate(sessions)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(statuses) == [200] + [404] * (len(sessions) - 1), statuses
+
+
 def test_copy_overwrites_and_merges(sapi, work):
     home = sapi.emu.home() / work[5:]
     (home / "src" / "sub").mkdir(parents=True)

@@ -2,7 +2,8 @@
 client).  It keeps Agave's shape where the VFS depends on it: uploads land after a
 staging delay, rename/move refuse an existing target, delete is recursive.
 Failure injection: ``fail_next[op] = n`` makes the next n calls of ``op`` raise
-Transient; ``lose_next_staging`` makes the next upload never land.
+Transient; ``lose_next_staging`` makes the next upload never land; ``refuse_session``
+makes every call raise AuthError (a dead session) until it is cleared (a new login).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import posixpath
 import threading
 import time
 
-from agavefs.errors import AlreadyExists, InvalidArgument, NotFound, Transient
+from agavefs.errors import AlreadyExists, AuthError, InvalidArgument, NotFound, Transient
 from agavefs.vfs.backend import Entry, Staging
 
 
@@ -41,6 +42,7 @@ class MemoryBackend:
         self.calls: dict[str, int] = {}
         self.fail_next: dict[str, int] = {}
         self.lose_next_staging = False
+        self.refuse_session = False
         self.refuse_streams = False
         self.list_delay = 0.0  # seconds each listing takes
         self.mangle_streams = False  # accept streamed bodies but store them a byte short
@@ -49,6 +51,8 @@ class MemoryBackend:
     def _call(self, op: str) -> None:
         with self.lock:
             self.calls[op] = self.calls.get(op, 0) + 1
+            if self.refuse_session:
+                raise AuthError("token refresh failed: log in again with `agavefs login`")
             if self.fail_next.get(op, 0) > 0:
                 self.fail_next[op] -= 1
                 raise Transient(f"injected failure of {op}")

@@ -382,3 +382,56 @@ def test_concurrent_writers_of_distinct_files(backend, make_vfs):
     assert len(backend.files) == 40
     assert all(data.endswith(str(i).encode()) for i, data in
                ((int(p[2:]), d) for p, d in backend.files.items()))
+
+
+@pytest.mark.parametrize("superseded", [False, True])
+def test_a_file_that_lands_while_readdir_runs_is_listed(backend, make_vfs, superseded):
+    """Found by the token soak (a file created 0.6 s before was missing from a
+    listing): readdir took the cached listing, then the file's upload landed (the
+    file moved from the pending nodes to the cache), then readdir merged the pending
+    nodes: the file was in neither.  Here the landing happens at that point, with the
+    listing in hand still the cached one, or superseded (dropped from the cache, as
+    an operation of unknown outcome does)."""
+    backend.put("/d/old", b"x")
+    vfs = make_vfs(backend)
+    vfs.readdir("/d")
+    write_file(vfs, "/d/new", b"hello")
+    real = vfs.meta.listing
+
+    def listing_then_landing(path):
+        got = real(path)
+        if path == "/d":
+            if superseded:
+                vfs.meta.invalidate_listing("/d")
+            assert vfs.drain(timeout=10)
+            assert not vfs.nodes["/d/new"].local if "/d/new" in vfs.nodes else True
+        return got
+
+    vfs.meta.listing = listing_then_landing
+    names = [n for n, _ in vfs.readdir("/d")][2:]
+    vfs.meta.listing = real
+    assert backend.files["/d/new"] == b"hello"
+    assert sorted(names) == ["new", "old"]
+
+
+def test_uploads_resume_soon_after_a_new_login(backend, make_vfs, monkeypatch):
+    """Found by the token soak: a server restart cut the answer to a token refresh,
+    whose refresh token the server had already rotated: the session was dead; the
+    soak logged in again (as the troubleshooting section says), but the uploads had
+    backed off to a minute between attempts, so the unmount waited that long.  A
+    refused session is retried every SESSION_RETRY seconds instead (the client
+    answers those from the credentials cache, without a request)."""
+    from agavefs.vfs import writeback
+
+    monkeypatch.setattr(writeback, "SESSION_RETRY", 0.2)
+    vfs = make_vfs(backend)
+    write_file(vfs, "/f", b"data")
+    backend.refuse_session = True  # before the upload starts (it waits for a grace period)
+    vfs.writeback.expedite(next(iter(vfs.nodes["/f"].jobs)), 0)
+    deadline = time.monotonic() + 10
+    while backend.calls.get("upload", 0) < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert backend.calls.get("upload", 0) >= 5  # five refusals in a few seconds: no backoff
+    backend.refuse_session = False  # the new login
+    assert vfs.drain(timeout=1.5)
+    assert backend.files["/f"] == b"data"
