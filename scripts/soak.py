@@ -789,6 +789,48 @@ def run(opts) -> dict:
     return summary
 
 
+def log_excerpt(log: Path, failures: list[str], before: float = 2.0, after: float = 0.5,
+                limit: int = 30) -> str:
+    """The mount log's notable lines (warnings, errors with their tracebacks, failed
+    filesystem calls) from ``before`` seconds before each failure to ``after`` it."""
+    import datetime
+    import re
+
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    records: list[tuple[float, list[str]]] = []
+    for line in lines:
+        try:
+            ts = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        except ValueError:
+            if records:
+                records[-1][1].append(line)  # a traceback's continuation
+            continue
+        records.append((ts, [line]))
+    out = []
+    for failure in failures[:3]:
+        m = re.search(r" at (\d+\.\d+) after", failure)
+        if not m:
+            continue
+        at = float(m.group(1))
+        names = [n.rsplit("/", 1)[-1] for n in re.findall(r"'([^']+)'", failure.split(" in phase")[0])]
+        near = [(ts, text) for ts, text in records if at - before <= ts <= at + after and " DEBUG " not in text[0]]
+
+        def rank(text: list[str]) -> int:  # its own paths, then tracebacks, failed calls, warnings
+            if any(n in text[0] for n in names):
+                return 0
+            if len(text) > 1 or " ERROR " in text[0]:
+                return 1
+            return 2 if "agavefs.fuse" in text[0] else 3 if " WARNING " in text[0] else 9
+
+        picked = sorted((r for r in near if rank(r[1]) < 9), key=lambda r: rank(r[1]))[:limit]
+        out.append(f"-- {failure[:160]}")
+        out.extend(line[:400] for _, text in sorted(picked, key=lambda r: r[0]) for line in text[:25])
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -823,6 +865,9 @@ def main(argv=None) -> int:
         Path(opts.json).write_text(text)
     if not summary["ok"]:
         print(f"soak: FAILED; scratch directory kept: {summary['workdir']}", file=sys.stderr)
+        excerpt = log_excerpt(Path(summary["workdir"]) / "mount.log", summary["failures"])
+        if excerpt:  # what the mount said around each failure (a CI run keeps nothing else)
+            print("soak: the mount's log around the failures:\n" + excerpt, file=sys.stderr)
     return 0 if summary["ok"] else 1
 
 

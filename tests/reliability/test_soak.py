@@ -52,7 +52,7 @@ def _result(soak_runs, key) -> dict:
         _, err = proc.communicate()
     assert out.exists(), err[-3000:]
     summary = json.loads(out.read_text())
-    assert proc.returncode == 0 and summary["ok"], json.dumps(summary, indent=1)[-4000:] + err[-2000:]
+    assert proc.returncode == 0 and summary["ok"], json.dumps(summary, indent=1)[-3000:] + err[-8000:]
     assert summary["lost"] == 0 and not summary["failures"]
     count(ops_under_faults=summary["totals"]["ops"], faults_injected=summary["faults_injected_503"]
           + summary["emulator_restarts"], files_verified=summary["files_verified"],
