@@ -132,7 +132,7 @@ def build_vfs(args, system, path):
                    strict=args.strict, cache_dir=cache_dir, cache_max_size=args.cache_max_size,
                    upload_workers=args.upload_workers, sync_close=args.sync_close,
                    staging_timeout=args.staging_timeout, op_timeout=args.op_timeout,
-                   walk_ahead=max(0, args.walk_ahead))
+                   walk_ahead=max(0, args.walk_ahead), prefetch_files=max(0, args.prefetch_files))
     lock = _lock_cache_dir(cache_dir)
     if lock is None:  # another daemon owns it: use a private spool, no shared journal
         cache_dir = os.path.join(cache_dir, f"pid-{os.getpid()}")

@@ -62,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--walk-ahead", type=int, default=Options.walk_ahead, metavar="N",
                    help="while find, du, rsync, ls -R... walk a tree, list up to N of the directories "
                         "they enter next in parallel (0: off)")
+    g.add_argument("--prefetch-files", type=int, default=Options.prefetch_files, metavar="N",
+                   help="while cat, grep -r, tar, cp -r... read the files of a folder one after the "
+                        "other, fetch the next N small ones (up to 1 MiB) in parallel (0: off)")
     g = p.add_argument_group("files")
     g.add_argument("--uid", type=int, default=os.getuid(), help="owner shown for every file (default: your user id)")
     g.add_argument("--gid", type=int, default=os.getgid(), help="group shown for every file (default: your group id)")

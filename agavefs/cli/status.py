@@ -85,6 +85,10 @@ def render(s: dict) -> str:
     ratio = cache.get("hit_ratio")
     lines.append(f"  cache         {cache.get('entries', 0)} entries, {cache.get('listings', 0)} listings, "
                  f"hit ratio {'-' if ratio is None else f'{ratio:.0%}'}")
+    ahead = s.get("ahead")
+    if ahead:
+        lines.append(f"  fetched ahead {ahead.get('listings', 0)} listings, {ahead.get('files', 0)} small files "
+                     f"({ahead.get('files_used', 0)} read)")
     lines.append(f"  spool         {_human(s.get('spool_bytes'))} in {s.get('spool_dir')}")
     lines.append(f"  transfer      {_human(backend.get('bytes_down'))} down, {_human(backend.get('bytes_up'))} up, "
                  f"{s.get('uploaded_files', 0)} files stored")

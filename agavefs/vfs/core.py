@@ -46,7 +46,8 @@ from agavefs.vfs.metadata import ABSENT, MetaCache
 from agavefs.vfs.namespace import NamespaceOps
 from agavefs.vfs.nodes import BLOCK, FileNode, Handle
 from agavefs.vfs.options import Options
-from agavefs.vfs.reader import ReadBudget, RemoteReader
+from agavefs.vfs.reader import MemoryReader, ReadBudget, RemoteReader
+from agavefs.vfs.siblings import SiblingPrefetch
 from agavefs.vfs.spool import SpoolStore
 from agavefs.vfs.walkahead import WalkAhead
 from agavefs.vfs.writeback import WriteBack, is_temp_name
@@ -74,6 +75,9 @@ class VFS(NamespaceOps, WriteOps):
                                    staging_timeout=opts.staging_timeout)
         self._flights: dict[str, _Flight] = {}  # listings in flight; protected by lock
         self.walk = WalkAhead(self._list_ahead, opts.walk_ahead) if opts.walk_ahead > 0 else None
+        self.siblings = SiblingPrefetch(lambda path, size: self.backend.read(path, 0, size, size),
+                                        self._cached_children, ahead=opts.prefetch_files,
+                                        workers=min(8, opts.prefetch_files)) if opts.prefetch_files > 0 else None
         self.started = time.time()
 
     # ------------------------------------------------------------------ helpers
@@ -285,6 +289,17 @@ class VFS(NamespaceOps, WriteOps):
                    if e.is_dir and not is_temp_name(name)]
         return [d for d in subdirs if not self.meta.has_listing(d)]
 
+    def _cached_children(self, path: str):
+        """(the cached listing, its children) of ``path`` or None: sibling prefetch's view."""
+        listing = self.meta.peek_listing(path)
+        return None if listing is None else (listing, listing.children)
+
+    def _content_changed(self, path: str) -> None:
+        """A file (or everything below a directory) changes through the mount: copies
+        fetched ahead of a reader are no longer its content."""
+        if self.siblings is not None:
+            self.siblings.forget(path)
+
     def _list_ahead(self, path: str) -> bool:
         """Walk-ahead (walkahead.py): list ``path`` into the cache unless it is there;
         True when it was fetched."""
@@ -389,6 +404,7 @@ class VFS(NamespaceOps, WriteOps):
         truncate = bool(flags & os.O_TRUNC) and writing
         if writing or truncate:
             self._readonly()
+            self._content_changed(path)
         while True:
             node = self._local_node(path)
             entry = None
@@ -410,9 +426,14 @@ class VFS(NamespaceOps, WriteOps):
                         # under it when the upload lands and the writer has gone
                         node.readers += 1
                     return self._new_handle(Handle(path, False, node=node))
-                reader = RemoteReader(self.backend, path, entry.size, window_min=self.opts.readahead_min,
-                                      window_max=self.opts.readahead_max, budget=self.budget,
-                                      timeout=self.opts.op_timeout)
+                ahead = (self.siblings.take(path, entry.size, entry.mtime, self.opts.op_timeout)
+                         if self.siblings is not None else None)
+                if ahead is not None:
+                    reader = MemoryReader(path, ahead)
+                else:
+                    reader = RemoteReader(self.backend, path, entry.size, window_min=self.opts.readahead_min,
+                                          window_max=self.opts.readahead_max, budget=self.budget,
+                                          timeout=self.opts.op_timeout)
                 return self._new_handle(Handle(path, False, reader=reader, size=entry.size, mtime=entry.mtime))
             with self.lock:
                 node = self.nodes.get(path)
@@ -454,7 +475,13 @@ class VFS(NamespaceOps, WriteOps):
             if handle.orphan:  # its name now holds another file, or nothing
                 raise AgaveFSError(f"{handle.path}: the file was deleted or replaced since it was opened",
                                    errno=errno.EIO)
-            return handle.reader.read(offset, size)
+            data = handle.reader.read(offset, size)
+            if self.siblings is not None and offset + len(data) >= handle.size and not handle.ended:
+                with handle.lock:
+                    first, handle.ended = not handle.ended, True
+                if first:
+                    self.siblings.finished(handle.path)
+            return data
         with self.lock:
             spool = node.spool.incref() if node.spool is not None and not node.base_pending else None
             remote_size = node.size
@@ -499,6 +526,10 @@ class VFS(NamespaceOps, WriteOps):
             "spool_bytes": self.store.used,
             "spool_dir": str(self.store.root),
             "cache": self.meta.stats(),
+            # fetched before anyone asked: listings (walkahead.py), small files (siblings.py)
+            "ahead": {"listings": self.walk.prefetched if self.walk is not None else 0,
+                      "files": self.siblings.fetched if self.siblings is not None else 0,
+                      "files_used": self.siblings.used if self.siblings is not None else 0},
             "open_files": open_files,
             "uploaded_files": self.writeback.files_uploaded,
             "uploaded_bytes": self.writeback.bytes_uploaded,
@@ -508,6 +539,8 @@ class VFS(NamespaceOps, WriteOps):
         """Stop the upload workers (pending uploads stay in the journal)."""
         if self.walk is not None:
             self.walk.stop()
+        if self.siblings is not None:
+            self.siblings.stop()
         self.writeback.stop(wait)
 
 

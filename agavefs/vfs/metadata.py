@@ -128,6 +128,11 @@ class MetaCache:
                 self.hits += 1
             return listing
 
+    def peek_listing(self, path: str) -> Listing | None:
+        """The cached listing of ``path`` (not counted as a hit or a miss)."""
+        with self._lock:
+            return self._listings.get(path)
+
     def has_listing(self, path: str) -> bool:
         """Is a listing of ``path`` cached (not counted as a hit or a miss)."""
         with self._lock:

@@ -119,6 +119,7 @@ class NamespaceOps:
     def unlink(self, path: str) -> None:
         self.check_path(path)
         self._readonly()
+        self._content_changed(path)
         with self.lock:
             node = self.nodes.get(path)
         if node is None or not node.local:
@@ -160,6 +161,8 @@ class NamespaceOps:
             return
         if new.startswith(old.rstrip("/") + "/"):
             raise InvalidArgument("cannot move a directory into itself")
+        self._content_changed(old)
+        self._content_changed(new)
         src_node = self._local_node(old)
         src = self._node_entry_locked(src_node) if src_node else self._entry(old)
         self._parent_dir(new)
@@ -187,6 +190,11 @@ class NamespaceOps:
         for n in locks:
             n.ns_lock.acquire()
         try:
+            with self.lock:
+                if src_node is not None and self.nodes.get(old) is not src_node:
+                    # its upload landed while this waited for the lock (the finalize holds
+                    # it): a plain remote file now, its node forgotten; do not bring it back
+                    src_node = None
             dst_remote = dst_exists
             if dst_node is not None:
                 with self.lock:

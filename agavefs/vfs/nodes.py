@@ -72,6 +72,7 @@ class Handle:
     # a read-only handle of a remote file whose name was since deleted or renamed over:
     # it keeps reading what it can, and no new local content of that name is its file
     orphan: bool = False
+    ended: bool = False  # a remote file's reader reached its end (siblings.py counts it once)
     lock: threading.Lock = field(default_factory=threading.Lock)
     # written or truncated through this handle since its last flush: only then does a
     # flush seal (a shell's `> file` or dd closes a duplicate of a fresh, still empty

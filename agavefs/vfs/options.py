@@ -26,6 +26,7 @@ class Options:
     readahead_max: int = 32 * MiB
     readahead_total: int = 64 * MiB  # over all open files
     walk_ahead: int = 8  # directories listed ahead of a tree walker at once (walkahead.py); 0: off
+    prefetch_files: int = 16  # small files fetched ahead of a reader of sibling files (siblings.py); 0: off
     # write path
     cache_dir: str = ""
     cache_max_size: int = 10 * 1024 * MiB  # the spool

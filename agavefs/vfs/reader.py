@@ -224,6 +224,20 @@ class Prefetch:
             self._cond.notify_all()
 
 
+class MemoryReader:
+    """Reads of one open handle on a remote file whose bytes are already here (fetched
+    ahead by siblings.py): no request."""
+
+    def __init__(self, path: str, data: bytes):
+        self.path, self.data, self.size = path, data, len(data)
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self.data[offset:offset + size]
+
+    def close(self) -> None:
+        pass
+
+
 class RemoteReader:
     """Reads of one open handle on a remote file of known size."""
 

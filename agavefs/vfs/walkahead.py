@@ -32,6 +32,8 @@ import time
 from collections import OrderedDict, deque
 from typing import Callable, Iterable
 
+from agavefs.vfs.workers import Workers
+
 log = logging.getLogger("agavefs.vfs")
 
 WALK_WINDOW = 30.0  # a readdir within this long of one of its ancestor's continues a walk
@@ -46,12 +48,8 @@ class WalkAhead:
         self._queue: deque[str] = deque()  # protected by _cond
         self._queued: set[str] = set()  # protected by _cond
         self._recent: OrderedDict[str, float] = OrderedDict()  # dir -> last readdir in it or below
-        self._stopping = False
         self.prefetched = 0  # listings fetched ahead (status)
-        self._threads = [threading.Thread(target=self._worker, name=f"agavefs-walk-{i}", daemon=True)
-                         for i in range(workers)]
-        for t in self._threads:
-            t.start()
+        self._workers = Workers("walk", workers, self._cond, self._queue, self._list_one)
 
     def entered(self, path: str, candidates: Callable[[], Iterable[str]]) -> None:
         """A readdir of ``path`` by a user (its listing is known): when it continues a
@@ -70,11 +68,11 @@ class WalkAhead:
                 p = posixpath.dirname(p)
             while len(self._recent) > RECENT_MAX:
                 self._recent.popitem(last=False)
-            if not walking or self._stopping:
+            if not walking or self._workers.stopping:
                 return
         wanted = candidates()
         with self._cond:
-            if self._stopping:
+            if self._workers.stopping:
                 return
             added = 0
             for d in wanted:
@@ -87,24 +85,15 @@ class WalkAhead:
 
     def stop(self) -> None:
         with self._cond:
-            self._stopping = True
-            self._queue.clear()
+            self._workers.stop()
             self._queued.clear()
-            self._cond.notify_all()
 
-    def _worker(self) -> None:
-        while True:
+    def _list_one(self, path: str) -> None:
+        try:
+            if self._list_dir(path):
+                self.prefetched += 1
+        except Exception as exc:  # noqa: BLE001 - the walker's readdir asks again
+            log.debug("listing %s ahead failed: %s", path, exc)
+        finally:
             with self._cond:
-                while not self._queue and not self._stopping:
-                    self._cond.wait()
-                if self._stopping:
-                    return
-                path = self._queue.popleft()
-            try:
-                if self._list_dir(path):
-                    self.prefetched += 1
-            except Exception as exc:  # noqa: BLE001 - the walker's readdir asks again
-                log.debug("listing %s ahead failed: %s", path, exc)
-            finally:
-                with self._cond:
-                    self._queued.discard(path)
+                self._queued.discard(path)

@@ -53,6 +53,7 @@ class WriteOps:
         parent = self._parent_dir(path)
         if not parent.writable:
             raise PermissionDenied(posixpath.dirname(path))
+        self._content_changed(path)
         known = self.meta.lookup(path)
         remote_exists = False if known is ABSENT else None if known is None else True
         with self.lock:

@@ -40,6 +40,7 @@ class MemoryBackend:
         self.staging_delay = staging_delay
         self.staging: dict[str, tuple[float, bytes, bool]] = {}  # path -> (ready_at, data, lost)
         self.calls: dict[str, int] = {}
+        self.read_paths: list[str] = []  # the path of each read() (ranged GET)
         self.fail_next: dict[str, int] = {}
         self.lose_next_staging = False
         self.refuse_session = False
@@ -94,6 +95,8 @@ class MemoryBackend:
 
     def read(self, path, offset, size, file_size=None):
         self._call("read")
+        with self.lock:
+            self.read_paths.append(path)
         with self.lock:
             if path not in self.files:
                 raise NotFound(path)
