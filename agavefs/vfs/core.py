@@ -111,6 +111,12 @@ class VFS(NamespaceOps, WriteOps):
         if is_temp_name(posixpath.basename(path)):
             raise NotFound(path)
         cached = self.meta.lookup(path)
+        if cached is None and path != "/":
+            with self.lock:  # the parent is being listed (walk-ahead, a readdir): its
+                flight = self._flights.get(posixpath.dirname(path))  # answer is this one's too
+            if flight is not None:
+                flight.done.wait(self.opts.op_timeout)
+                cached = self.meta.lookup(path)
         if cached is None and path != "/" and self._relist_for_lookup(posixpath.dirname(path)):
             cached = self.meta.lookup(path)
         if cached is ABSENT:

@@ -435,3 +435,26 @@ def test_uploads_resume_soon_after_a_new_login(backend, make_vfs, monkeypatch):
     backend.refuse_session = False  # the new login
     assert vfs.drain(timeout=1.5)
     assert backend.files["/f"] == b"data"
+
+
+def test_a_lookup_waits_for_its_directory_being_listed(backend, make_vfs):
+    """Lookups that come while their directory is being listed (walk-ahead, another
+    process's readdir) wait for that listing instead of sending a stat each."""
+    backend.put("/bench/big.bin", b"x")
+    backend.put("/top.txt", b"y")
+    backend.list_delay = 0.3
+    vfs = make_vfs(backend)
+    vfs.getattr("/")
+    before = dict(backend.calls)
+    lister = threading.Thread(target=vfs.readdir, args=("/",))
+    lister.start()
+    deadline = time.monotonic() + 5
+    while not vfs._flights and time.monotonic() < deadline:  # the listing is in flight
+        time.sleep(0.005)
+    assert vfs.getattr("/bench")["st_nlink"] == 2
+    assert vfs.getattr("/top.txt")["st_size"] == 1
+    with pytest.raises(AgaveFSError) as exc:
+        vfs.getattr("/missing")
+    assert exc.value.errno == errno.ENOENT
+    lister.join()
+    assert backend.calls.get("stat", 0) == before.get("stat", 0) and backend.calls["list"] == 1
