@@ -44,12 +44,14 @@ from __future__ import annotations
 import argparse
 import ast
 import collections
+import datetime
 import errno
 import hashlib
 import json
 import multiprocessing
 import os
 import random
+import re
 import select
 import shutil
 import signal
@@ -793,9 +795,6 @@ def log_excerpt(log: Path, failures: list[str], before: float = 2.0, after: floa
                 limit: int = 30) -> str:
     """The mount log's notable lines (warnings, errors with their tracebacks, failed
     filesystem calls) from ``before`` seconds before each failure to ``after`` it."""
-    import datetime
-    import re
-
     try:
         lines = log.read_text(errors="replace").splitlines()
     except OSError:

@@ -3,7 +3,8 @@
 For every live agavefs mount (or the one named): system and path, uptime, pending
 uploads (path, size, state, attempts, last error), spool size, metadata cache
 entries and hit ratio, listings and small files fetched ahead, requests by kind
-with their errors, bytes up and down, and when the access token expires.  ``--json`` prints the same as one JSON document.
+with their errors, bytes up and down, and when the access token expires.
+``--json`` prints the same as one JSON document.
 """
 
 from __future__ import annotations

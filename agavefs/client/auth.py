@@ -106,7 +106,7 @@ class TokenManager:
         self.transport = transport
         self.log = logger
         self._lock = threading.Lock()
-        self._refused: tuple[str, str] | None = None  # (refresh token, error message) under _lock
+        self._refused: tuple[str, AuthError] | None = None  # (refresh token, its refusal) under _lock
         transport.redact.add(*creds.secrets())
 
     def _margin(self) -> float:
@@ -163,11 +163,11 @@ class TokenManager:
                 # gateway, user or client) is left alone: the token stays in memory
                 try:
                     if self._refused is not None and self._refused[0] == creds.refresh_token:
-                        raise AuthError(self._refused[1], status=400)
+                        raise AuthError(self._refused[1].message, status=self._refused[1].status)
                     self._refresh_locked(persist=disk is not None and disk.same_identity(creds))
                 except AuthError as exc:
                     if creds.refresh_token:
-                        self._refused = (creds.refresh_token, exc.message)
+                        self._refused = (creds.refresh_token, exc)
                     # our session is dead (a refresh whose answer was lost already rotated
                     # the refresh token, or it was revoked): a newer login of the same user
                     # on the same gateway, with another OAuth client, is what "log in again"

@@ -76,7 +76,7 @@ class VFS(NamespaceOps, WriteOps):
         self._flights: dict[str, _Flight] = {}  # listings in flight; protected by lock
         self.walk = WalkAhead(self._list_ahead, opts.walk_ahead) if opts.walk_ahead > 0 else None
         self.siblings = SiblingPrefetch(lambda path, size: self.backend.read(path, 0, size, size),
-                                        self._cached_children, ahead=opts.prefetch_files,
+                                        self.meta.peek_listing, ahead=opts.prefetch_files,
                                         workers=min(8, opts.prefetch_files)) if opts.prefetch_files > 0 else None
         self.started = time.time()
 
@@ -294,11 +294,6 @@ class VFS(NamespaceOps, WriteOps):
         subdirs = [posixpath.join(path, name) for name, e in listing.children.items()
                    if e.is_dir and not is_temp_name(name)]
         return [d for d in subdirs if not self.meta.has_listing(d)]
-
-    def _cached_children(self, path: str):
-        """(the cached listing, its children) of ``path`` or None: sibling prefetch's view."""
-        listing = self.meta.peek_listing(path)
-        return None if listing is None else (listing, listing.children)
 
     def _content_changed(self, path: str) -> None:
         """A file (or everything below a directory) changes through the mount: copies

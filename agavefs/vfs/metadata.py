@@ -75,6 +75,16 @@ class ListingFetch:
         self.void = False  # the directory itself was removed or renamed meanwhile
 
 
+def _applied(kids: dict[str, Entry], changes: list[tuple[str, Entry | None]]) -> dict[str, Entry]:
+    """``kids`` (changed in place) with the changes made through the mount applied."""
+    for name, entry in changes:
+        if entry is None:
+            kids.pop(name, None)
+        else:
+            kids[name] = entry
+    return kids
+
+
 class MetaCache:
     def __init__(self, attr_ttl: float, dir_ttl: float, negative_ttl: float, max_entries: int):
         self.negative_ttl = negative_ttl
@@ -161,13 +171,7 @@ class MetaCache:
         (they are newer, or already in it); ends the watch."""
         with self._lock:
             self._end(watch)
-            kids = dict(listing.children)
-            for name, entry in watch.changes:
-                if entry is None:
-                    kids.pop(name, None)
-                else:
-                    kids[name] = entry
-            return kids
+            return _applied(dict(listing.children), watch.changes)
 
     def end(self, fetch: ListingFetch) -> None:
         """Forget a request (put_listing/put_stat do it; call it when it failed)."""
@@ -224,11 +228,7 @@ class MetaCache:
         with self._lock:  # one hold: no change can slip in between applying and caching
             if fetch is not None:
                 self._end(fetch)
-                for name, entry in fetch.changes:  # newer than what the server sent
-                    if entry is None:
-                        kids.pop(name, None)
-                    else:
-                        kids[name] = entry
+                _applied(kids, fetch.changes)  # newer than what the server sent
                 if fetch.void:
                     return Listing(me, kids)
             listing = Listing(me, kids)

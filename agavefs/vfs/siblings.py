@@ -51,7 +51,7 @@ class _DirState:
     """What a directory's reader did, and its files in two orders (listing, names)."""
 
     def __init__(self, key: object, children: dict):
-        self.key = key  # identity of the cached listing this was made from
+        self.key = key  # the cached listing this was made from
         self.size = len(children)
         self.files = {n: (e.size, e.mtime) for n, e in children.items() if not e.is_dir}
         self.orders = (list(self.files), sorted(self.files))
@@ -63,9 +63,9 @@ class _DirState:
 
 class SiblingPrefetch:
     def __init__(self, fetch: Callable[[str, int], bytes],
-                 listing: Callable[[str], tuple[object, dict] | None], *, ahead: int, workers: int):
-        """``fetch(path, size)`` returns the file's bytes; ``listing(dir)`` returns
-        (an identity of the cached listing, {name: entry}) or None when not cached."""
+                 listing: Callable[[str], object | None], *, ahead: int, workers: int):
+        """``fetch(path, size)`` returns the file's bytes; ``listing(dir)`` returns the
+        cached listing of ``dir`` (its ``children``: {name: entry}), or None."""
         self._fetch = fetch
         self._listing = listing
         self.ahead = ahead
@@ -112,18 +112,18 @@ class SiblingPrefetch:
         """A reader read ``path`` (a remote file) to its end: continue or start a
         streak, and when it is one, fetch the files that come next."""
         parent, name = posixpath.split(path)
-        got = self._listing(parent)
-        if got is None:
+        listing = self._listing(parent)
+        if listing is None:
             return
-        key, children = got
+        children = listing.children
         with self._lock:
             state = self._dirs.get(parent)
-            if state is None or state.key is not key or state.size != len(children) \
+            if state is None or state.key is not listing or state.size != len(children) \
                     or name not in state.files:
                 # dict() copies at once (no Python code runs while it copies): a snapshot
                 # even while the cache adds to the listing
-                fresh = _DirState(key, dict(children))
-                if state is not None and state.key is key:
+                fresh = _DirState(listing, dict(children))
+                if state is not None and state.key is listing:
                     fresh.last_done, fresh.streak, fresh.order = state.last_done, state.streak, state.order
                 state = self._dirs[parent] = fresh
             self._dirs.move_to_end(parent)
@@ -157,6 +157,8 @@ class SiblingPrefetch:
         """``path`` (and anything below it) changed through the mount."""
         prefix = path.rstrip("/") + "/"
         with self._lock:
+            if not self._cache and not self._queued:  # the usual case: nothing held
+                return
             for p in [p for p in self._cache if p == path or p.startswith(prefix)]:
                 self._bytes -= len(self._cache.pop(p)[2])
             for p in self._queued:  # in flight: what they bring is dropped
