@@ -84,11 +84,35 @@ def _lock_cache_dir(path: str):
     return f
 
 
+def _mounted_dev(mountpoint: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The "major:minor" of the mount on ``mountpoint``, or None when nothing is mounted
+    there, read from the kernel's mount table.  Never a stat: the daemon must not send
+    requests to its own mount (a SIGKILL while a thread of it waits for its own answer
+    leaves a process that cannot exit)."""
+    mountpoint = os.path.abspath(mountpoint)  # the parent resolved, not the mount itself
+    want = os.path.join(os.path.realpath(os.path.dirname(mountpoint)), os.path.basename(mountpoint))
+    found = None
+    try:
+        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4:
+                    # octal escapes for space, tab, newline and backslash (proc_pid_mountinfo(5))
+                    point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+                    if point == want:
+                        found = fields[2]  # the last one listed is the one on top
+    except OSError:
+        return None
+    return found
+
+
 def _raise_readahead(mountpoint: str, kib: int = 1024) -> None:
     """Larger kernel read requests (root only): /sys/class/bdi/<dev>/read_ahead_kb."""
     try:
-        dev = os.stat(mountpoint).st_dev
-        path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+        dev = _mounted_dev(mountpoint)
+        if dev is None:
+            return
+        path = f"/sys/class/bdi/{dev}/read_ahead_kb"
         with open(path, "w") as f:
             f.write(str(kib))
         log.info("kernel read-ahead of the mount raised to %d KiB", kib)
@@ -101,7 +125,7 @@ def _unmount(mountpoint: str, lazy_after: float = 10.0) -> None:
     deadline = time.monotonic() + lazy_after
     while True:
         r = subprocess.run([fusermount, "-u", mountpoint], capture_output=True, text=True)
-        if r.returncode == 0 or not os.path.ismount(mountpoint):
+        if r.returncode == 0 or _mounted_dev(mountpoint) is None:
             return
         if time.monotonic() > deadline:
             log.warning("%s is busy; unmounting lazily", mountpoint)

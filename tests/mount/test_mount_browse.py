@@ -278,6 +278,28 @@ def test_stale_mount_is_refused_with_advice(emu, mount_factory):
         m.agavefs("umount", str(m.path))
 
 
+def test_the_daemon_finds_its_mount_in_the_mount_table_not_by_stat(emu, mount_factory, tmp_path):
+    """Found by a clean-clone CI run: the stale-mount test SIGKILLed the daemon while its
+    main thread was in a stat() of its own mount point (to find the device whose kernel
+    read-ahead it raises): the FUSE threads died, that stat waited for an answer no one
+    could give, and the process could never exit (state D; pytest hung on its wait).
+    The daemon now reads the device from /proc/self/mountinfo, and never asks its own
+    mount."""
+    from agavefs.daemon import _mounted_dev
+
+    m = mount_factory(emu)
+    st = os.stat(m.path)  # (the test may ask the mount; the daemon must not)
+    assert _mounted_dev(str(m.path)) == f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    assert _mounted_dev(str(tmp_path)) is None
+    table = tmp_path / "mountinfo"
+    table.write_text(
+        "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
+        "42 22 0:39 / /tmp/my\\040mounts/a\\134b rw - fuse.agavefs agavefs rw\n"
+        "43 42 0:41 / /tmp/my\\040mounts/a\\134b rw - fuse.agavefs agavefs rw\n")
+    assert _mounted_dev("/tmp/my mounts/a\\b", str(table)) == "0:41"  # the one on top
+    assert _mounted_dev("/tmp/my mounts", str(table)) is None
+
+
 def test_background_mount_and_umount(emu, mount_factory, tmp_path):
     m = mount_factory(emu, start=False)
     m.mountpoint.mkdir()
