@@ -29,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-from agavefs import control, logs
+from agavefs import control, known_servers, logs
 from agavefs.errors import AgaveFSError, AuthError
 
 log = logging.getLogger("agavefs.mount")
@@ -146,6 +146,8 @@ def build_vfs(args, system, path):
     client = AgaveClient(creds, system_id=system, ca_bundle=args.ca_bundle, insecure=args.insecure,
                          workers=workers, op_timeout=args.op_timeout)
     root = resolve_root(client, path)
+    server = known_servers.server_key(client.base_url, creds.username, client.system_id)
+    client.learn_listing_pages(known_servers.load(server).get("listing_pages"))
     backend = AgaveBackend(client, root)
     me = backend.stat("/")
     if not me.is_dir:
@@ -334,10 +336,19 @@ def run_daemon(args, system, path, mountpoint, extra_fuse_opts) -> int:
         _drain(vfs)
     ctl.close()
     vfs.close()
+    _remember_server(backend, info)
     left = len(vfs.writeback.pending())
     if left:
         log.warning("%d uploads left in %s; the next mount finishes them", left, vfs.store.root)
     return 0
+
+
+def _remember_server(backend, info: dict) -> None:
+    """Keep what this mount learned about its server for the next mount (known_servers)."""
+    client = getattr(backend, "client", None)
+    if client is not None and hasattr(client, "listing_pages"):
+        key = known_servers.server_key(info["base_url"], info["username"], info["system"])
+        known_servers.save(key, {"listing_pages": client.listing_pages()})
 
 
 def _drain(vfs) -> None:

@@ -469,8 +469,10 @@ class AgaveMount(FsMount):
         self.mnt.mkdir(parents=True, exist_ok=True)
         cmd = agavefs_cmd("mount", "--foreground", str(self.mnt), "--cache-dir", str(self.cache),
                           "--log-file", str(self.log_file), *extra)
-        self.proc = subprocess.Popen(cmd, env=dict(os.environ, AGAVE_CACHE_DIR=str(emu.creds)),
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        # XDG_CACHE_HOME of the run: what a mount keeps about the server for the next one
+        # (known_servers.py) is shared by this run's mounts, as on a user's machine
+        env = dict(os.environ, AGAVE_CACHE_DIR=str(emu.creds), XDG_CACHE_HOME=str(work / "xdg-cache"))
+        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=open(work / "mount.stderr", "ab"))
         self.wait_live()
         self.rss = RSS(self.proc.pid)

@@ -9,6 +9,13 @@ from agavefs.vfs.core import VFS
 from agavefs.vfs.options import Options
 
 
+@pytest.fixture(autouse=True)
+def _own_cache_home(tmp_path, monkeypatch):
+    """Each test its own XDG_CACHE_HOME (inherited by the mounts it starts): what a mount
+    keeps about its server for the next one (known_servers) never leaks between tests."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
 @pytest.fixture
 def emulator_factory(tmp_path):
     """Start emulators with chosen options; every one is stopped at teardown."""

@@ -132,6 +132,20 @@ class Emulator:
         with open(self.access_log) as f:
             return [json.loads(line) for line in f if line.strip()]
 
+    def settled_entries(self, quiet: float = 0.3, timeout: float = 10.0) -> list[dict]:
+        """``access_entries`` once the log has stopped growing for ``quiet`` seconds: a
+        request's line is written after its answer is sent, so a client may be done
+        before the line of its last request is there."""
+        entries = self.access_entries()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(quiet)
+            again = self.access_entries()
+            if len(again) == len(entries):
+                break
+            entries = again
+        return entries
+
     def home(self, user: str = "demo") -> Path:
         return self.root / "home" / user
 

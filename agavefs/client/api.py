@@ -126,6 +126,7 @@ class AgaveClient(ReadOps, StagingOps):
         self._system_id = system_id
         self._systems: dict[str, dict] = {}
         self._list_caps = PageCaps()
+        self._learned_pages: dict | None = None
         self._init_staging()
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -245,10 +246,40 @@ class AgaveClient(ReadOps, StagingOps):
             raise ProtocolError(f"GET {self._label(sp)}: empty listing")
         return self._self_entry(sp, page[0])
 
+    def listing_pages(self) -> dict | None:
+        """The longest listing page known to this client ({"system", "path", "offset",
+        "length"}): its own, or the one ``learn_listing_pages`` gave it unless that failed
+        its check.  For a later client of the same server; None when it knows none."""
+        known = [] if self._list_caps.hint_ok is False or self._learned_pages is None \
+            else [self._learned_pages]
+        longest = self._list_caps.longest
+        if longest is not None:
+            length, (path, offset) = longest
+            known.append({"system": self.system_id, "path": path, "offset": offset, "length": length})
+        return max(known, key=lambda r: r["length"], default=None)
+
+    def learn_listing_pages(self, record: object) -> bool:
+        """Take what ``listing_pages`` gave an earlier client as a hint that short pages are
+        ends (paging.py: checked by fetching that page again before it is relied on).  A
+        record of another system, or not well formed, is ignored (False)."""
+        try:
+            system, path = record["system"], record["path"]
+            offset, length = int(record["offset"]), int(record["length"])
+            sp = SysPath.parse(path)
+        except (TypeError, KeyError, ValueError, AgaveFSError):
+            return False
+        if system != self.system_id or offset < 0 or length < 2:
+            return False
+        fetch = self._list_fetcher(sp, "list")
+        self._list_caps.hint(length, lambda n: len(fetch(offset, n)))
+        self._learned_pages = {"system": system, "path": str(sp), "offset": offset, "length": length}
+        return True
+
     def list(self, path: str) -> tuple[RemoteEntry, list[RemoteEntry]]:
         """(the directory itself, its children) over all pages."""
         sp = SysPath.parse(path)
-        raw = collect(self._list_fetcher(sp, "list"), self._list_caps, self.page_size, key=_entry_key)
+        raw = collect(self._list_fetcher(sp, "list"), self._list_caps, self.page_size, key=_entry_key,
+                      source=str(sp))
         if not raw:
             raise ProtocolError(f"GET {self._label(sp)}: empty listing")
         me = self._self_entry(sp, raw[0])

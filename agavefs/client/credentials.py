@@ -118,6 +118,52 @@ def format_expires_at(epoch: float) -> str:
     return time.strftime(f"%a %b {t.tm_mday} %H:%M:%S %Z %Y", t)
 
 
+@contextlib.contextmanager
+def file_lock(lock_path: str | None):
+    """Exclusive flock on ``lock_path`` (created 0600) for the ``with`` block; no-op
+    without a path or where it cannot be created (nothing to serialise writes of)."""
+    if lock_path is None:
+        yield
+        return
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def write_private_file(path: str, data: bytes) -> None:
+    """Replace ``path`` atomically with ``data``, mode 0600 (creating its directory 0700):
+    a crash leaves the old file or the new one, never a mix."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
 @dataclass(eq=False)
 class Credentials:
     tenantid: str = ""
@@ -193,27 +239,8 @@ class Credentials:
     def save(self, path: str | None = None) -> str:
         """Write atomically with mode 0600 (creating the directory 0700)."""
         path = path or self.path or cache_file()
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, mode=0o700, exist_ok=True)
         data = json.dumps(self.to_dict(), indent=None, separators=(", ", ": ")).encode("utf-8")
-        fd, tmp = tempfile.mkstemp(prefix=".current.", suffix=".tmp", dir=directory)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data + b"\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        with contextlib.suppress(OSError):
-            dfd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+        write_private_file(path, data + b"\n")
         self.path = path
         return path
 
@@ -221,25 +248,9 @@ class Credentials:
     def lock_path(self) -> str | None:
         return self.path + ".lock" if self.path else None
 
-    @contextlib.contextmanager
     def file_lock(self):
         """Exclusive flock on the lock file next to the cache (no-op without a path)."""
-        lock_path = self.lock_path
-        if lock_path is None:
-            yield
-            return
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
-        except OSError:
-            yield  # a read-only cache directory: nothing to serialise writes of anyway
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+        return file_lock(self.lock_path)
 
     # -- tokens --------------------------------------------------------------------
     def expiry(self) -> datetime | None:

@@ -17,6 +17,20 @@ repeat entries when the directory changes between pages.  So:
   data confirms the cap.  A fresh client therefore pays one extra small request per
   listing until it has seen a page as long as the one in hand; afterwards short
   pages end listings immediately.
+* That knowledge dies with the client, and a tree of small directories of one
+  size (a 9x9x9 tree: every inner directory has 9 entries) would cost a probe per
+  directory on every new mount.  So :class:`PageCaps` also remembers the longest
+  page and where it came from (``longest``: its length and the caller's ``where``,
+  for listings the path and offset), which the mount keeps for the next one
+  (``agavefs/known_servers.py``).  A later client gets it back as a *hint*: an
+  unverified claim that the server returns pages of that length.  It is not
+  trusted as such (the server may have lowered its cap since, and a short page
+  taken for the end would hide entries): the first ambiguous page that the hint
+  would settle fetches that same page again (one request, once per client; the
+  other threads wait for its answer).  If it comes back as long, the server
+  still returns such pages and ``max_seen`` takes its length; if not (a lower
+  cap, a changed or missing directory, an error) the hint is dropped and the
+  client probes as before.
 * Every page after the first (except a probe after an ambiguous page) starts one
   element early (``offset - 1``): that element must be the one that ended the
   previous page.  If it is not, the list
@@ -25,7 +39,9 @@ repeat entries when the directory changes between pages.  So:
   and relies on de-duplication).  A page that adds nothing new ends the loop, so a
   server that ignores ``offset`` cannot make it spin.
 
-Locks: ``PageCaps._lock`` protects ``max_seen`` and ``cap``.
+Locks: ``PageCaps._lock`` protects ``max_seen``, ``cap``, ``longest`` and ``_hint``;
+``_hint_lock`` serialises the one check of a hint (taken before ``_lock``, and held
+across that check's request; nothing else is held then).
 """
 
 from __future__ import annotations
@@ -42,23 +58,60 @@ MAX_RESTARTS = 3
 class PageCaps:
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._hint_lock = threading.Lock()
         self.max_seen = 0
         self.cap: int | None = None
+        self.longest: tuple[int, object] | None = None  # (length, where) of the longest page
+        self._hint: tuple[int, Callable[[int], int]] | None = None
+        self.hint_ok: bool | None = None  # the hint's check: None before (or without) one
 
-    def maybe_more(self, n: int, limit: int) -> tuple[bool, bool]:
+    def hint(self, n: int, check: Callable[[int], int]) -> None:
+        """An earlier run saw pages of ``n`` items: ``check(n)`` fetches that page again
+        (limit n) and returns its length.  Used at most once, when it would settle an
+        ambiguous page."""
+        with self._lock:
+            self._hint = (int(n), check) if n > 1 else None
+
+    def maybe_more(self, n: int, limit: int, where: object = None) -> tuple[bool, bool]:
         """(more pages may follow, this page was ambiguous) after a page of n items."""
         with self._lock:
             prior = self.max_seen
             self.max_seen = max(prior, n)
-            if n <= 0:
-                return False, False
-            if n >= limit:
-                return True, False
-            if self.cap is not None and n >= self.cap:
-                return True, False
-            if n < prior:
-                return False, False
-            return True, True
+            if where is not None and n > 0 and (self.longest is None or n > self.longest[0]):
+                self.longest = (n, where)
+            verdict = self._judge(n, limit, prior)
+            if not verdict[1] or self._hint is None or self._hint[0] <= n:
+                return verdict
+        self._check_hint()
+        with self._lock:
+            return self._judge(n, limit, self.max_seen)
+
+    def _judge(self, n: int, limit: int, prior: int) -> tuple[bool, bool]:
+        if n <= 0:
+            return False, False
+        if n >= limit:
+            return True, False
+        if self.cap is not None and n >= self.cap:
+            return True, False
+        if n < prior:
+            return False, False
+        return True, True
+
+    def _check_hint(self) -> None:
+        with self._hint_lock:  # one check; other threads wait for its outcome
+            with self._lock:
+                hint = self._hint  # still set while checked: other threads wait above
+            if hint is None:
+                return
+            n, check = hint
+            try:
+                got = int(check(n))
+            except Exception:  # noqa: BLE001 - any failure only means "not verified"
+                got = 0
+            with self._lock:
+                self._hint = None
+                self.max_seen = max(self.max_seen, got)  # a page the server really returned
+                self.hint_ok = got >= n
 
     def confirm_cap(self, n: int) -> None:
         with self._lock:
@@ -66,13 +119,15 @@ class PageCaps:
 
 
 def collect(fetch: Callable[[int, int], list], caps: PageCaps, limit: int,
-            key: Callable[[object], Hashable], start: int = 0, dedupe: bool = True) -> list:
+            key: Callable[[object], Hashable], start: int = 0, dedupe: bool = True,
+            source: object = None) -> list:
     """Every item from index ``start`` to the end of the collection, in order.
 
     ``fetch(offset, limit)`` returns one page (a list).  With ``dedupe`` items are
     de-duplicated by ``key`` (the first occurrence wins; listings); without it
     (history, where two identical events are legitimate) a page identical to the
-    previous one ends the loop instead.
+    previous one ends the loop instead.  ``source`` names the collection for
+    ``PageCaps.longest`` (recorded with each page's offset when given).
     """
     restarts = 0
     check_overlap = True
@@ -89,7 +144,8 @@ def collect(fetch: Callable[[int, int], list], caps: PageCaps, limit: int,
             # answer ends the listing in one request); nor with a cap of one item
             overlap = (check_overlap and offset > start and prev_last is not None
                        and ambiguous_len is None and (caps.cap is None or caps.cap > 1))
-            page = fetch(offset - 1 if overlap else offset, limit)
+            at = offset - 1 if overlap else offset
+            page = fetch(at, limit)
             if not isinstance(page, list):
                 raise ProtocolError("a page of results is not a list")
             n = len(page)
@@ -103,6 +159,7 @@ def collect(fetch: Callable[[int, int], list], caps: PageCaps, limit: int,
                     # a server capping pages at one item can only be paged without
                     # the overlap; ask for the next item itself
                     check_overlap = False
+                    at = offset
                     page = fetch(offset, limit)
                     if not isinstance(page, list):
                         raise ProtocolError("a page of results is not a list")
@@ -128,7 +185,7 @@ def collect(fetch: Callable[[int, int], list], caps: PageCaps, limit: int,
                 prev_keys = keys
             offset += len(body)
             prev_last = page[-1]
-            more, ambiguous = caps.maybe_more(n, limit)
+            more, ambiguous = caps.maybe_more(n, limit, None if source is None else (source, at))
             if not more or added == 0:
                 break
             ambiguous_len = n if ambiguous else None

@@ -196,6 +196,54 @@ def test_max_page_7_lists_everything(emulator_factory, tmp_path):
     assert len(big_lists) <= 250 // 6 + 4  # ~7 entries per page (one overlap), no runaway
 
 
+def test_a_later_client_checks_the_page_length_it_is_told_once_and_probes_no_more(emulator_factory,
+                                                                                   tmp_path):
+    """What one client saw (a 251-entry page) saves the next one a probe per directory of
+    equal short pages, after one check; told the same on a server that now caps pages at 7,
+    the check fails and every listing is still complete."""
+    emu = emulator_factory()
+    big = emu.home() / "big"
+    big.mkdir(parents=True)
+    for i in range(250):
+        (big / f"f{i:03d}").write_bytes(b"x")
+    for d in range(5):
+        (emu.home() / "t" / f"d{d}").mkdir(parents=True)
+        for i in range(9):
+            (emu.home() / "t" / f"d{d}" / f"g{i}").write_bytes(b"y")
+    with client_for(emu, tmp_path / "cache") as first:
+        assert len(first.list("/home/demo/big")[1]) == 250
+        record = first.listing_pages()
+    assert record == {"system": first.system_id, "path": "/home/demo/big", "offset": 0, "length": 251}
+
+    def lists(entries, since):
+        return [(e["path"].rsplit("/", 1)[-1], e["query"]) for e in entries[since:]
+                if "/files/v2/listings/" in e["path"]]
+
+    with client_for(emu, tmp_path / "cache") as later, client_for(emu, tmp_path / "cache") as fresh:
+        assert later.learn_listing_pages(record)
+        before = len(emu.access_entries())
+        for d in range(5):
+            assert len(later.list(f"/home/demo/t/d{d}")[1]) == 9
+        sent = lists(emu.settled_entries(), before)
+        assert sorted(sent) == sorted([(f"d{d}", "offset=0&limit=500") for d in range(5)]
+                                      + [("big", "offset=0&limit=251")]), sent
+        assert later.listing_pages() == record  # checked: kept for the next one
+        before = len(emu.access_entries())
+        for d in range(5):
+            fresh.list(f"/home/demo/t/d{d}")
+        assert len(lists(emu.settled_entries(), before)) == 10  # without it: a probe each
+
+    capped = emulator_factory("--max-page", "7", root=emu.root)
+    with client_for(capped, tmp_path / "cache2") as told:
+        assert told.learn_listing_pages(record)
+        kids = told.list("/home/demo/t/d0")[1]
+        assert sorted(k.name for k in kids) == [f"g{i}" for i in range(9)]
+        assert len(told.list("/home/demo/big")[1]) == 250
+        assert told.listing_pages()["length"] == 7  # the failed hint is not passed on
+    assert not told.learn_listing_pages({"system": "elsewhere", "path": "/x", "offset": 0, "length": 9})
+    assert not told.learn_listing_pages({"path": "/x"}) and not told.learn_listing_pages(None)
+
+
 def test_staging_delay_and_reupload(emulator_factory, tmp_path):
     emu = emulator_factory("--staging-delay", "1")
     with client_for(emu, tmp_path / "cache") as c:

@@ -13,6 +13,7 @@ import time
 from datetime import datetime, timezone
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from agavefs.client.credentials import Credentials, format_expires_at, parse_expiry_text
 from agavefs.client.models import RemoteEntry, StagingObservation, StagingState, parse_entry, parse_time
@@ -316,6 +317,108 @@ def test_collect_without_cap_probes_only_until_it_knows():
     second = FakeCollection(4)
     collect(second, caps, 100, key=_key)
     assert len(second.calls) == 1
+
+
+def _hinted(big):
+    """PageCaps with the hint an earlier client left: ``big`` returned 50-item pages."""
+    caps = PageCaps()
+    caps.hint(50, lambda n: len(big(0, n)))
+    return caps
+
+
+def test_a_hint_that_checks_out_ends_equal_short_pages_without_probes():
+    big = FakeCollection(200)
+    caps = _hinted(big)
+    smalls = [FakeCollection(10) for _ in range(6)]
+    for small in smalls:
+        assert len(collect(small, caps, 100, key=_key, source="d")) == 10
+    assert [len(s.calls) for s in smalls] == [1] * 6  # no probe at all
+    assert big.calls == [(0, 50)]  # the one check: the same page, fetched again
+    assert caps.hint_ok is True and caps.max_seen == 50
+    assert caps.longest == (10, ("d", 0))  # what this client saw itself
+
+
+def test_without_a_hint_the_same_directories_cost_a_probe_each():
+    caps = PageCaps()
+    smalls = [FakeCollection(10) for _ in range(6)]
+    for small in smalls:
+        collect(small, caps, 100, key=_key)
+    assert [len(s.calls) for s in smalls] == [2] * 6
+
+
+@pytest.mark.parametrize("why", ["lower cap", "shrunk", "error"])
+def test_a_hint_that_does_not_check_out_is_dropped_and_nothing_is_hidden(why):
+    """The server lowered its cap to 10 since (or the page is gone): a 10-item page must
+    not be taken for the end of a 30-item directory."""
+    cap = 10 if why == "lower cap" else None
+    big = FakeCollection(200 if why != "shrunk" else 20, cap=cap)
+    if why == "error":
+        def boom(offset, limit):
+            raise ConnectionError("gone")
+        big = boom
+    caps = PageCaps()
+    caps.hint(50, lambda n: len(big(0, n)))
+    listed = FakeCollection(30, cap=cap)
+    assert [x["name"] for x in collect(listed, caps, 100, key=_key)] == [x["name"] for x in listed.items]
+    assert caps.hint_ok is False
+    if why == "lower cap":
+        assert caps.cap == 10
+        exact = FakeCollection(10, cap=cap)  # a page as long as the cap is still probed
+        collect(exact, caps, 100, key=_key)
+        assert len(exact.calls) == 2
+
+
+def test_a_hint_is_checked_once_while_many_threads_wait_for_it():
+    import threading
+    checks = []
+    gate = threading.Event()
+
+    def check(n):
+        checks.append(n)
+        gate.wait(5)
+        return n
+
+    caps = PageCaps()
+    caps.hint(50, check)
+    smalls = [FakeCollection(10) for _ in range(8)]
+    threads = [threading.Thread(target=collect, args=(s, caps, 100), kwargs={"key": _key}) for s in smalls]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert checks == [50]
+    assert [len(s.calls) for s in smalls] == [1] * 8
+
+
+def test_a_hint_no_longer_than_the_page_is_kept_for_later():
+    big = FakeCollection(200)
+    caps = _hinted(big)
+    collect(FakeCollection(60), caps, 100, key=_key)  # 60 > 50: the hint settles nothing
+    assert big.calls == [] and caps.hint_ok is None
+    collect(FakeCollection(10), caps, 100, key=_key)  # 10 < 60 seen: the end, no check either
+    assert big.calls == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(cap=st.one_of(st.none(), st.integers(1, 40)),
+       hint=st.one_of(st.none(), st.integers(2, 120)),
+       big=st.integers(0, 150),
+       limit=st.integers(2, 60),
+       sizes=st.lists(st.integers(0, 130), min_size=1, max_size=6))
+def test_collect_is_complete_whatever_the_server_and_the_hint(cap, hint, big, limit, sizes):
+    """Any cap (or none), any hint an earlier client left (true, stale or about a page
+    that is gone), any page size asked for: every listing is complete and in order."""
+    caps = PageCaps()
+    if hint is not None:
+        source = FakeCollection(big, cap)
+        caps.hint(hint, lambda n: len(source(0, n)))
+    for n in sizes:
+        fake = FakeCollection(n, cap)
+        got = collect(fake, caps, limit, key=_key, source="d")
+        assert [x["name"] for x in got] == [x["name"] for x in fake.items]
+        assert len(fake.calls) <= n // max(1, min(limit, cap or limit) - 1) + 3  # no runaway
 
 
 def test_collect_restarts_when_the_list_shifts():

@@ -373,3 +373,48 @@ def test_find_lists_ahead_and_each_directory_once(emulator_factory, mount_factor
     assert len(firsts) == len(set(firsts)) == n_dirs, sorted(firsts)
     # one listing after another: 106 x 20 ms at least; ahead, several at once
     assert took < n_dirs * 0.020, took
+
+
+def test_a_later_mount_lists_equal_small_directories_without_probes(emu, mount_factory, tmp_path):
+    """Directories of equal length cost a fresh client a probe each (paging.py: such a page
+    may be the server's cap).  The longest page a mount saw is kept for the next mount
+    (known_servers.py, 0600, no address in clear), which checks it once and then lists each
+    directory with exactly one request."""
+    for a in range(4):
+        for b in range(4):
+            d = emu.home() / "w" / f"a{a}" / f"b{b}"
+            d.mkdir(parents=True)
+            (d / "f").write_bytes(b"x")
+    (emu.home() / "big").mkdir()
+    for i in range(40):
+        (emu.home() / "big" / f"n{i:02d}").write_bytes(b"y")
+    n_dirs = 1 + 4 + 16
+
+    def find_lists(m):
+        before = len(emu.access_entries())
+        found = run("find", str(m.path / "w"), "-type", "f").stdout.split()
+        assert len(found) == 16
+        return [(e["path"].split("/home/demo/", 1)[1], e["query"]) for e in listings(emu.settled_entries(), before)
+                if not e["query"].endswith("&limit=1")]  # lookups (stat) are not listings
+
+    first = mount_factory(emu)
+    first_find = find_lists(first)
+    assert len(os.listdir(first.path / "big")) == 40
+    assert first.umount().returncode == 0
+    assert len(first_find) == n_dirs + 5  # the root and the a* each: one probe
+    record = tmp_path / "xdg-cache" / "agavefs" / "servers.json"
+    assert stat_mode(record) == 0o600
+    text = record.read_text()
+    assert "127.0.0.1" not in text and "localhost" not in text and '"length": 41' in text
+
+    later = mount_factory(emu)
+    sent = find_lists(later)
+    tree = [(p, q) for p, q in sent if p.startswith("w")]
+    assert len(tree) == len({p for p, _ in tree}) == n_dirs, sorted(tree)
+    assert all(q.startswith("offset=0&") for _, q in tree)
+    assert [q for p, q in sent if p == "big"] == ["offset=0&limit=41"]  # the one check
+    assert len(sent) == n_dirs + 1
+
+
+def stat_mode(path):
+    return os.stat(path).st_mode & 0o777
