@@ -242,7 +242,9 @@ class Emulator:
 def classify(entry: dict) -> str:
     path, method = entry["path"], entry["method"]
     if path.startswith("/files/v2/listings"):
-        return "stat" if "limit=1" in entry.get("query", "").split("&") else "list"
+        # a lookup: limit=1, or agavefs's limit=100 (a stat that brings 99 entries along)
+        query = entry.get("query", "").split("&")
+        return "stat" if "limit=1" in query or ("limit=100" in query and "offset=0" in query) else "list"
     if path.startswith("/files/v2/history"):
         return "history"
     if path.startswith("/files/v2/media"):

@@ -285,11 +285,28 @@ class AgaveClient(ReadOps, StagingOps):
         me = self._self_entry(sp, raw[0])
         if not me.is_dir:
             raise NotADirectory(f"list {self._label(sp)}: not a directory")
+        return me, self._children(sp, me, raw[1:])
+
+    def stat_with_children(self, path: str, children: int, *, deadline: float | None = None
+                           ) -> tuple[RemoteEntry, list[RemoteEntry]]:
+        """``stat`` in one request that also brings up to ``children`` of a directory's
+        entries (the first page of its listing; none for a file).  Not the whole listing:
+        what is missing from it says nothing."""
+        sp = SysPath.parse(path)
+        page = self._list_fetcher(sp, "stat", deadline)(0, max(1, children + 1))
+        if not page:
+            raise ProtocolError(f"GET {self._label(sp)}: empty listing")
+        me = self._self_entry(sp, page[0])
+        return me, (self._children(sp, me, page[1:children + 1]) if me.is_dir else [])
+
+    def _children(self, sp: SysPath, me: RemoteEntry, raw: list) -> list[RemoteEntry]:
+        """A directory's listing entries after its own, each with its full path; unusable
+        and repeated names are left out (logged)."""
         base = me.path.rstrip("/")
         children: list[RemoteEntry] = []
         names: set[str] = set()
         dropped = 0
-        for item in raw[1:]:
+        for item in raw:
             entry = parse_entry(item, fallback_path="/")
             if not usable_name(entry.name) or entry.name in names:
                 dropped += 1
@@ -299,7 +316,7 @@ class AgaveClient(ReadOps, StagingOps):
         if dropped:
             self.log.warning("listing of %s: ignored %d entries with unusable or repeated names",
                              self._label(sp), dropped)
-        return me, children
+        return children
 
     def exists(self, path: str) -> bool:
         try:

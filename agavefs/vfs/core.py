@@ -57,6 +57,9 @@ log = logging.getLogger("agavefs.vfs")
 
 NAME_MAX = 255
 RELIST_MAX = 1000  # a lookup miss re-lists a cached directory this small (<= 3 pages)
+# a lookup's stat of a directory brings this many of its entries along, in the same request
+# (limit=100, the server's default page): the next lookups in it cost nothing
+LOOKUP_CHILDREN = 99
 
 
 class VFS(NamespaceOps, WriteOps):
@@ -125,14 +128,17 @@ class VFS(NamespaceOps, WriteOps):
             return cached
         for _ in range(3):
             fetch = self.meta.begin_stat(path)
+            watch = self.meta.watch_listing(path)  # for the children the stat brings along
             try:
-                entry = self.backend.stat(path)
+                entry, kids = self.backend.stat_with_children(path, LOOKUP_CHILDREN)
             except NotFound:
-                entry = None
+                entry, kids = None, []
             except BaseException:
                 self.meta.end(fetch)
+                self.meta.end(watch)
                 raise
             known = self.meta.put_stat(fetch, entry)  # a change made meanwhile wins
+            self.meta.put_children(watch, path, kids if known is entry else [])
             if known is ABSENT:
                 raise NotFound(path)
             if known is not None:

@@ -202,6 +202,23 @@ class MetaCache:
             self._put(fetch.path, entry)
             return entry
 
+    def put_children(self, watch: ListingFetch, path: str, children: list[Entry]) -> None:
+        """Some children of ``path`` that a stat brought along (not its listing: a name
+        missing from them says nothing).  Each is cached as if stat'ed, except a name
+        changed through the mount since ``watch`` began (what the mount did is newer)
+        and except when a listing of ``path`` is cached (it answers for its children).
+        Ends the watch."""
+        with self._lock:
+            self._end(watch)
+            if watch.void or not children or path in self._listings:
+                return
+            changed = {name for name, _ in watch.changes}
+            for entry in children:
+                if entry.name not in changed:
+                    child = posixpath.join(path, entry.name)
+                    self._negative.pop(child, None)
+                    self._attrs[child] = entry
+
     def _note(self, path: str, entry: Entry | None) -> None:
         """Call with _lock held: a child changed through the mount."""
         if self._fetches:

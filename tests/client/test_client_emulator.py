@@ -244,6 +244,29 @@ def test_a_later_client_checks_the_page_length_it_is_told_once_and_probes_no_mor
     assert not told.learn_listing_pages({"path": "/x"}) and not told.learn_listing_pages(None)
 
 
+def test_stat_with_children_is_one_request_with_the_first_entries(emulator_factory, tmp_path):
+    emu = emulator_factory()
+    d = emu.home() / "sw"
+    d.mkdir(parents=True)
+    for i in range(12):
+        (d / f"k{i:02d}").write_bytes(b"z" * i)
+    (d / "sub").mkdir()
+    with client_for(emu, tmp_path / "cache") as c:
+        before = len(emu.access_entries())
+        me, kids = c.stat_with_children("/home/demo/sw", 5)
+        assert me.is_dir and me.path == "/home/demo/sw"
+        assert len(kids) == 5 and all(k.path == f"/home/demo/sw/{k.name}" for k in kids)
+        names = {k.name for k in kids}
+        assert names <= {f"k{i:02d}" for i in range(12)} | {"sub"}
+        assert all(k.size == int(k.name[1:]) for k in kids if not k.is_dir)
+        me, kids = c.stat_with_children("/home/demo/sw/k03", 5)
+        assert not me.is_dir and me.size == 3 and kids == []
+        with pytest.raises(NotFound):
+            c.stat_with_children("/home/demo/sw/none", 5)
+        queries = [e["query"] for e in emu.settled_entries()[before:] if "/listings/" in e["path"]]
+        assert queries == ["offset=0&limit=6"] * 3  # one request each
+
+
 def test_staging_delay_and_reupload(emulator_factory, tmp_path):
     emu = emulator_factory("--staging-delay", "1")
     with client_for(emu, tmp_path / "cache") as c:

@@ -418,3 +418,28 @@ def test_a_later_mount_lists_equal_small_directories_without_probes(emu, mount_f
 
 def stat_mode(path):
     return os.stat(path).st_mode & 0o777
+
+
+def test_opening_a_file_in_a_fresh_mount_costs_one_lookup_and_the_read(emu, mount_factory):
+    """Time to first byte: the mount's root was looked up when it came up, and that stat
+    brought the root's entries along (limit=100), so `sub` costs nothing; `sub/f` is one
+    stat, then one GET."""
+    (emu.home() / "sub").mkdir()
+    (emu.home() / "sub" / "f").write_bytes(b"0123456789" * 1000)
+    (emu.home() / "sub" / "inner").mkdir()
+    (emu.home() / "sub" / "inner" / "g").write_bytes(b"g")
+    m = mount_factory(emu)
+    assert (m.path).is_dir()
+    before = len(emu.settled_entries())
+    with open(m.path / "sub" / "f", "rb") as fh:
+        assert fh.read(4096) == (b"0123456789" * 1000)[:4096]
+    sent = [(e["method"], e["path"].split("/home/demo", 1)[1], e["query"]) for e in emu.settled_entries()[before:]]
+    assert [(m_, p) for m_, p, _ in sent] == [("GET", "/sub/f"), ("GET", "/sub/f")], sent
+    assert sent[0][2] == "offset=0&limit=100" and "/files/v2/listings/" in emu.access_entries()[before]["path"]
+    # the stat of a directory brings its entries: `g` needs no request of its own
+    again = len(emu.settled_entries())
+    assert os.stat(m.path / "sub" / "inner").st_nlink == 2
+    assert os.stat(m.path / "sub" / "inner" / "g").st_size == 1
+    sent = emu.settled_entries()[again:]
+    assert [(e["path"].split("/home/demo", 1)[1], e["query"]) for e in sent] == \
+        [("/sub/inner", "offset=0&limit=100")]

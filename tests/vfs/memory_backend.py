@@ -80,18 +80,29 @@ class MemoryBackend:
         with self.lock:
             return self._entry(path)
 
+    def stat_with_children(self, path, children):
+        """One stat (counted as one) that brings the first ``children`` entries too."""
+        self._call("stat")
+        with self.lock:
+            me, kids = self._listed(path)
+            return me, kids[:children]
+
     def list(self, path):
         self._call("list")
         if self.list_delay:
             time.sleep(self.list_delay)  # a remote server's round trip
         with self.lock:
-            me = self._entry(path)
-            if not me.is_dir:
-                return me, []
-            prefix = path.rstrip("/") + "/"
-            names = {p[len(prefix):] for p in list(self.files) + list(self.dirs)
-                     if p.startswith(prefix) and "/" not in p[len(prefix):] and p != path}
-            return me, [self._entry(prefix + n) for n in sorted(names, key=str.lower)]
+            return self._listed(path)
+
+    def _listed(self, path):
+        """Call with lock held: (entry, children in listing order)."""
+        me = self._entry(path)
+        if not me.is_dir:
+            return me, []
+        prefix = path.rstrip("/") + "/"
+        names = {p[len(prefix):] for p in list(self.files) + list(self.dirs)
+                 if p.startswith(prefix) and "/" not in p[len(prefix):] and p != path}
+        return me, [self._entry(prefix + n) for n in sorted(names, key=str.lower)]
 
     def read(self, path, offset, size, file_size=None):
         self._call("read")

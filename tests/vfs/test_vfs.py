@@ -458,3 +458,65 @@ def test_a_lookup_waits_for_its_directory_being_listed(backend, make_vfs):
     assert exc.value.errno == errno.ENOENT
     lister.join()
     assert backend.calls.get("stat", 0) == before.get("stat", 0) and backend.calls["list"] == 1
+
+
+def test_a_lookup_of_a_directory_brings_its_first_entries_along(backend, make_vfs):
+    """The stat of a directory asks for its first 99 entries in the same request: lookups
+    of those cost nothing more; a name that is not among them still asks the server (the
+    page is not the whole listing, so it proves no absence)."""
+    for i in range(150):
+        backend.put(f"/d/f{i:03d}", b"x" * i)
+    vfs = make_vfs(backend)
+    assert vfs.getattr("/d")["st_nlink"] == 2
+    assert backend.calls == {"stat": 1}
+    first = sorted(f"f{i:03d}" for i in range(150))[:99]
+    for name in first:
+        assert vfs.getattr(f"/d/{name}")["st_size"] == int(name[1:])
+    assert backend.calls == {"stat": 1}
+    assert vfs.getattr("/d/f149")["st_size"] == 149  # past the page: its own stat
+    assert backend.calls == {"stat": 2}
+    with pytest.raises(AgaveFSError) as exc:
+        vfs.getattr("/d/zzz")
+    assert exc.value.errno == errno.ENOENT and backend.calls == {"stat": 3}
+    assert [n for n, _ in vfs.readdir("/d")][2:] == sorted(f"f{i:03d}" for i in range(150))
+
+
+@pytest.mark.parametrize("change", ["unlink", "rename", "overwrite"])
+def test_entries_brought_by_a_stat_never_undo_a_change_made_meanwhile(backend, make_vfs, change):
+    """The stat's answer was taken before the mount changed a child: the mount's change
+    wins over the older entry that the stat brings back."""
+    backend.put("/d/a", b"old")
+    backend.put("/d/b", b"b")
+    vfs = make_vfs(backend)
+    vfs.getattr("/d/a")  # its own stat: /d is not looked up through its children yet
+    vfs.meta.forget("/d")
+    taken, go = threading.Event(), threading.Event()
+    real = backend.stat_with_children
+
+    def slow(path, children):
+        got = real(path, children)
+        if path == "/d" and not taken.is_set():  # the first: the change's own lookups pass
+            taken.set()
+            assert go.wait(10)
+        return got
+
+    backend.stat_with_children = slow
+    looker = threading.Thread(target=vfs.getattr, args=("/d",))
+    looker.start()
+    assert taken.wait(10)
+    if change == "unlink":
+        vfs.unlink("/d/a")
+    elif change == "rename":
+        vfs.rename("/d/a", "/d/c")
+    else:
+        write_file(vfs, "/d/a", b"new content")
+    go.set()
+    looker.join(10)
+    backend.stat_with_children = real
+    if change == "overwrite":
+        assert vfs.getattr("/d/a")["st_size"] == len(b"new content")
+    else:
+        with pytest.raises(AgaveFSError) as exc:
+            vfs.getattr("/d/a")
+        assert exc.value.errno == errno.ENOENT
+    assert vfs.getattr("/d/b")["st_size"] == 1
