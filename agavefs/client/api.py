@@ -296,6 +296,7 @@ class AgaveClient(ReadOps, StagingOps):
         page = self._list_fetcher(sp, "stat", deadline)(0, max(1, children + 1))
         if not page:
             raise ProtocolError(f"GET {self._label(sp)}: empty listing")
+        self._list_caps.seen(len(page), (str(sp), 0))  # a page that long: paging.py
         me = self._self_entry(sp, page[0])
         return me, (self._children(sp, me, page[1:children + 1]) if me.is_dir else [])
 

@@ -72,13 +72,20 @@ class PageCaps:
         with self._lock:
             self._hint = (int(n), check) if n > 1 else None
 
-    def maybe_more(self, n: int, limit: int, where: object = None) -> tuple[bool, bool]:
-        """(more pages may follow, this page was ambiguous) after a page of n items."""
+    def seen(self, n: int, where: object = None) -> int:
+        """A page of n items came back (from ``where``, for ``longest``): the server
+        returns pages that long.  Returns the longest seen before."""
         with self._lock:
             prior = self.max_seen
             self.max_seen = max(prior, n)
             if where is not None and n > 0 and (self.longest is None or n > self.longest[0]):
                 self.longest = (n, where)
+            return prior
+
+    def maybe_more(self, n: int, limit: int, where: object = None) -> tuple[bool, bool]:
+        """(more pages may follow, this page was ambiguous) after a page of n items."""
+        prior = self.seen(n, where)
+        with self._lock:
             verdict = self._judge(n, limit, prior)
             if not verdict[1] or self._hint is None or self._hint[0] <= n:
                 return verdict

@@ -265,6 +265,15 @@ def test_stat_with_children_is_one_request_with_the_first_entries(emulator_facto
             c.stat_with_children("/home/demo/sw/none", 5)
         queries = [e["query"] for e in emu.settled_entries()[before:] if "/listings/" in e["path"]]
         assert queries == ["offset=0&limit=6"] * 3  # one request each
+        # the page of 14 it got tells the client the server returns pages that long: a
+        # listing whose page is shorter ends without a probe
+        c.stat_with_children("/home/demo/sw", 20)
+        (emu.home() / "few").mkdir()
+        for i in range(4):
+            (emu.home() / "few" / f"p{i}").write_bytes(b"")
+        before = len(emu.settled_entries())
+        assert len(c.list("/home/demo/few")[1]) == 4
+        assert len([e for e in emu.settled_entries()[before:] if "/listings/" in e["path"]]) == 1
 
 
 def test_staging_delay_and_reupload(emulator_factory, tmp_path):
