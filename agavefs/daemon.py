@@ -120,6 +120,39 @@ def _raise_readahead(mountpoint: str, kib: int = 1024) -> None:
         pass
 
 
+# glibc mallopt(3) parameters
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+MALLOC_MMAP_THRESHOLD = 4 * 1024 * 1024
+MALLOC_TRIM_THRESHOLD = 64 * 1024 * 1024
+
+
+def _tune_malloc() -> bool:
+    """Keep freed buffers for reuse instead of handing them back to the kernel.
+
+    A sequential read allocates a 1 MiB ``bytes`` per chunk from the socket and frees it
+    once the kernel has it; libfuse allocates a buffer per request, and a write copies
+    each request's data into a ``bytes``.  With glibc's defaults (a 128 KiB mmap
+    threshold that grows to the largest block freed, trimming above twice that) the
+    freed memory went back to the kernel and came back as fresh zeroed pages: per 256
+    MiB read, 60-80 MiB of page faults (now ~28 MiB: the read-ahead window growing once);
+    per 256 MiB written, ~270 MiB (now ~14 MiB).  On a VM each first touch may be a
+    fault in the host as well.  The daemon's CPU per byte drops by 15-25%
+    (docs/benchmarks.md).  Memory stays bounded by what the mount holds at its peak (the
+    read-ahead budget, the caches); only its return to the kernel is lazier.
+    True when glibc took the settings."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False  # not glibc
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    ok = mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD) == 1
+    return mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD) == 1 and ok
+
+
 def _unmount(mountpoint: str, lazy_after: float = 10.0) -> None:
     fusermount = shutil.which("fusermount3") or "fusermount3"
     deadline = time.monotonic() + lazy_after
@@ -236,6 +269,11 @@ def mount_error_sentence(exc: AgaveFSError, system: str | None, path: str | None
 
 def run_daemon(args, system, path, mountpoint, extra_fuse_opts) -> int:
     logs.setup(args.verbose, args.log_file, args.log_json)
+    if _tune_malloc():
+        log.debug("allocator: mmap threshold %d MiB, trim threshold %d MiB",
+                  MALLOC_MMAP_THRESHOLD >> 20, MALLOC_TRIM_THRESHOLD >> 20)
+    else:
+        log.debug("allocator: mallopt not available, the C library's defaults")
     ready = _Ready(args.ready_fd)
     try:
         vfs, backend, info = build_vfs(args, system, path)

@@ -12,6 +12,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -443,3 +444,48 @@ def test_opening_a_file_in_a_fresh_mount_costs_one_lookup_and_the_read(emu, moun
     sent = emu.settled_entries()[again:]
     assert [(e["path"].split("/home/demo", 1)[1], e["query"]) for e in sent] == \
         [("/sub/inner", "offset=0&limit=100")]
+
+
+
+MALLOC_PROBE = """
+import os, sys, threading
+from agavefs import daemon
+if sys.argv[1] == "tuned":
+    assert daemon._tune_malloc()
+def faults():
+    return int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[7])
+res = {}
+def work():  # what a read-ahead thread does: 1 MiB chunks held in a window, then freed
+    for r in range(6):
+        if r == 1:
+            res["start"] = faults()
+        held = [os.urandom(1) * (1 << 20) for _ in range(48)]
+        del held
+    res["end"] = faults()
+t = threading.Thread(target=work)
+t.start()
+t.join()
+print((res["end"] - res["start"]) * os.sysconf("SC_PAGE_SIZE") >> 20)
+"""
+
+
+@pytest.mark.parametrize("policy", ["tuned", "plain"])
+def test_the_daemons_allocator_keeps_freed_chunks_for_reuse(policy, tmp_path):
+    """daemon._tune_malloc (called first thing by run_daemon): a thread that allocates
+    and frees windows of 1 MiB chunks, as the read-ahead does, gets the same memory back
+    instead of fresh pages from the kernel (glibc's defaults hand 48 MiB back and fault
+    it in again every round)."""
+    script = tmp_path / "probe.py"
+    script.write_text(MALLOC_PROBE)
+    out = subprocess.run([sys.executable, str(script), policy], capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert out.returncode == 0, out.stderr
+    faulted_mib = int(out.stdout)
+    if policy == "tuned":
+        assert faulted_mib < 8
+    else:  # the probe itself can tell the two apart (else the test above proves nothing)
+        assert faulted_mib > 5 * 48 / 2
+
+
+def test_a_mount_tunes_its_allocator(mnt: Mount):
+    assert "allocator: mmap threshold 4 MiB, trim threshold 64 MiB" in mnt.log_text()
