@@ -7,7 +7,9 @@ What is here beyond translation is libfuse plumbing:
 
 * ``AgaveFUSE.readdir_fuse_3`` fills full attributes with non-zero offsets and
   FUSE_FILL_DIR_PLUS when the kernel asks for READDIRPLUS, so ``ls -l`` needs no
-  getattr upcall per entry (mfusepy passes only the file type).
+  getattr upcall per entry (mfusepy passes only the file type); each entry's stat is
+  packed in one ``struct`` call (``_StatPacker``: a warm ``ls -l`` of 10,000 entries
+  0.10 -> 0.07 s).  Times are rounded to the microsecond (``_ns``).
 * ``utimens`` decodes UTIME_NOW / UTIME_OMIT, which arrive as raw nanosecond values.
 * Extended attributes, links, mknod and locks are left unimplemented: mfusepy then
   does not register them and the kernel learns ENOSYS once (xattrs) or answers
@@ -20,8 +22,10 @@ import ctypes
 import errno
 import functools
 import logging
+import operator
 import os
 import stat as st
+import struct
 import time
 
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
@@ -38,12 +42,86 @@ FUSE_READDIR_PLUS = 1
 FUSE_FILL_DIR_PLUS = 2
 
 
+def _ns(seconds: float) -> int:
+    """A time in float seconds as integer nanoseconds, rounded to the microsecond.
+
+    A double near 1.6e9 s resolves 238 ns: ``int(t * 1e9)`` turned Agave's
+    millisecond times into values like ...29.732999936 (``ls --full-time``, rsync and
+    make compare those).  No time here is finer than a microsecond (Agave: ms)."""
+    return round(seconds * 1_000_000) * 1000
+
+
 def _to_ns(attrs: dict) -> dict:
     out = dict(attrs)
     for key in ("st_mtime", "st_ctime", "st_atime"):
         if key in out:
-            out[key] = int(out[key] * 1e9)
+            out[key] = _ns(out[key])
     return out
+
+
+class _StatPacker:
+    """Writes a VFS attribute dict into a ``c_stat`` with one ``struct.pack_into``.
+
+    readdir fills one entry per name (10,000 for ``ls -l`` of a big directory, again for
+    every ``ls``): mfusepy's ``set_st_attrs`` (a ``setattr`` per field, a timespec per
+    time) cost ~5 us an entry, most of a warm ``ls -l``.  The format is built from
+    mfusepy's own ``c_stat`` layout (offsets and sizes of this platform), pad bytes
+    included, so every field not set here is written as zero."""
+
+    FIELDS = ("st_nlink", "st_mode", "st_uid", "st_gid", "st_size", "st_blksize", "st_blocks")
+    TIMES = (("st_atimespec", "st_atime"), ("st_mtimespec", "st_mtime"), ("st_ctimespec", "st_ctime"))
+    KEYS = frozenset(FIELDS) | {key for _, key in TIMES}
+
+    def __init__(self, cls):
+        spots = []  # (offset, size, signed, value slot)
+        for name in self.FIELDS:
+            field = getattr(cls, name)
+            ctype = dict(cls._fields_)[name]
+            spots.append((field.offset, field.size, ctype(-1).value < 0, name))
+        for spec, key in self.TIMES:
+            field = getattr(cls, spec)
+            ts = dict(cls._fields_)[spec]
+            for part in ("tv_sec", "tv_nsec"):
+                sub = getattr(ts, part)
+                spots.append((field.offset + sub.offset, sub.size, True, (key, part)))
+        fmt, pos = "=", 0
+        codes = {1: "b", 2: "h", 4: "i", 8: "q"}
+        order = []
+        for offset, size, signed, slot in sorted(spots, key=lambda x: x[0]):
+            if offset < pos or size not in codes:
+                raise ValueError("unexpected c_stat layout")
+            fmt += "x" * (offset - pos) + (codes[size] if signed else codes[size].upper())
+            pos = offset + size
+            order.append(slot)
+        fmt += "x" * (ctypes.sizeof(cls) - pos)
+        self._pack_into = struct.Struct(fmt).pack_into
+        # values are gathered as FIELDS then (sec, nsec) of each of TIMES, and put in
+        # the layout's order by one itemgetter
+        gathered = list(self.FIELDS) + [(key, part) for _, key in self.TIMES for part in ("tv_sec", "tv_nsec")]
+        self._fields = operator.itemgetter(*self.FIELDS)
+        self._layout = operator.itemgetter(*(gathered.index(slot) for slot in order))
+
+    def pack(self, stat, attrs: dict) -> bool:
+        """False when ``attrs`` is not the VFS's usual set of keys (the caller falls back)."""
+        if attrs.keys() != self.KEYS:
+            return False
+        a = divmod(_ns(attrs["st_atime"]), 1_000_000_000)
+        m = divmod(_ns(attrs["st_mtime"]), 1_000_000_000)
+        c = divmod(_ns(attrs["st_ctime"]), 1_000_000_000)
+        self._pack_into(stat, 0, *self._layout(self._fields(attrs) + a + m + c))
+        return True
+
+
+try:
+    _STAT_PACKER: _StatPacker | None = _StatPacker(fuse.c_stat)
+except (AttributeError, KeyError, TypeError, ValueError):  # another platform's layout
+    _STAT_PACKER = None
+
+
+def _fill_stat(stat, attrs: dict) -> None:
+    if _STAT_PACKER is None or not _STAT_PACKER.pack(stat, attrs):
+        ctypes.memset(ctypes.byref(stat), 0, ctypes.sizeof(stat))
+        fuse.set_st_attrs(stat, _to_ns(attrs), use_ns=True)
 
 
 def translated(method):
@@ -227,12 +305,12 @@ class AgaveFUSE(fuse.FUSE):
         stat = fuse.c_stat()
         for index in range(offset, len(entries)):
             name, attrs = entries[index]
-            ctypes.memset(ctypes.byref(stat), 0, ctypes.sizeof(stat))
             fill = 0
             if attrs is None:
+                ctypes.memset(ctypes.byref(stat), 0, ctypes.sizeof(stat))
                 stat.st_mode = st.S_IFDIR
             else:
-                fuse.set_st_attrs(stat, _to_ns(attrs), use_ns=True)
+                _fill_stat(stat, attrs)
                 if plus and name not in (".", ".."):
                     fill = FUSE_FILL_DIR_PLUS
             if filler(buf, name.encode(self.encoding, self.errors), stat, index + 1, fill) != 0:
