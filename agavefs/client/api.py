@@ -31,6 +31,7 @@ Everything else is either immutable after __init__ or owned by the components
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import logging
 import os
@@ -39,6 +40,7 @@ import time
 import uuid
 import warnings
 from datetime import datetime
+from typing import Callable, TypeVar
 from urllib.parse import quote
 
 from requests_toolbelt import MultipartEncoder
@@ -57,6 +59,8 @@ from agavefs.client.staging import StagingOps
 from agavefs.client.transport import IDEMPOTENT, SAFE, UPLOAD, Body, CountingReader, CountingStream, Transport
 
 LIST_PAGE = 500
+PAGE_THREADS = 2  # listings paged at once, each one page ahead (list)
+T = TypeVar("T")
 UPLOAD_MIN_RATE = 512 * 1024  # bytes/s assumed when sizing an upload's deadline
 STREAM_DEADLINE = 7 * 24 * 3600.0  # a streamed upload's retries (its producer bounds each wait)
 
@@ -123,6 +127,8 @@ class AgaveClient(ReadOps, StagingOps):
         self.tokens = TokenManager(credentials, self.transport, logger=self.log)
         self.transport.auth = self.tokens
         self._sys_lock = threading.Lock()
+        self._pages_lock = threading.Lock()
+        self._pages_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._system_id = system_id
         self._systems: dict[str, dict] = {}
         self._list_caps = PageCaps()
@@ -160,6 +166,10 @@ class AgaveClient(ReadOps, StagingOps):
                                       passthrough=(416,))
 
     def close(self) -> None:
+        with self._pages_lock:
+            pool, self._pages_pool = self._pages_pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
         self.transport.close()
 
     def __enter__(self) -> "AgaveClient":
@@ -275,17 +285,37 @@ class AgaveClient(ReadOps, StagingOps):
         self._learned_pages = {"system": system, "path": str(sp), "offset": offset, "length": length}
         return True
 
-    def list(self, path: str) -> tuple[RemoteEntry, list[RemoteEntry]]:
-        """(the directory itself, its children) over all pages."""
+    def list(self, path: str, convert: Callable[[RemoteEntry], T] | None = None
+             ) -> tuple[RemoteEntry, list[RemoteEntry] | list[T]]:
+        """(the directory itself, its children) over all pages; each child passed through
+        ``convert`` when given.  A page is parsed (and converted) while the next one is on
+        its way (paging.collect)."""
         sp = SysPath.parse(path)
-        raw = collect(self._list_fetcher(sp, "list"), self._list_caps, self.page_size, key=_entry_key,
-                      source=str(sp))
-        if not raw:
+        parent: list[RemoteEntry] = []  # the directory's own entry, once seen
+
+        def parse(items: list, index: int) -> list:
+            if index == 0:  # the first page (again, after a restart): the directory itself
+                me = self._self_entry(sp, items[0])
+                if not me.is_dir:
+                    raise NotADirectory(f"list {self._label(sp)}: not a directory")
+                parent[:] = [me]
+                items = items[1:]
+            return self._children(sp, parent[0], items, convert)
+
+        children = collect(self._list_fetcher(sp, "list"), self._list_caps, self.page_size,
+                           key=_entry_key, source=str(sp), convert=parse, submit=self._pages().submit)
+        if not parent:
             raise ProtocolError(f"GET {self._label(sp)}: empty listing")
-        me = self._self_entry(sp, raw[0])
-        if not me.is_dir:
-            raise NotADirectory(f"list {self._label(sp)}: not a directory")
-        return me, self._children(sp, me, raw[1:])
+        return parent[0], children
+
+    def _pages(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The threads that fetch a listing's next page while the last one is parsed:
+        long-lived, so each keeps its connection (transport.session)."""
+        with self._pages_lock:
+            if self._pages_pool is None:
+                self._pages_pool = concurrent.futures.ThreadPoolExecutor(
+                    PAGE_THREADS, thread_name_prefix="agavefs-pages")
+            return self._pages_pool
 
     def stat_with_children(self, path: str, children: int, *, deadline: float | None = None
                            ) -> tuple[RemoteEntry, list[RemoteEntry]]:
@@ -300,20 +330,22 @@ class AgaveClient(ReadOps, StagingOps):
         me = self._self_entry(sp, page[0])
         return me, (self._children(sp, me, page[1:children + 1]) if me.is_dir else [])
 
-    def _children(self, sp: SysPath, me: RemoteEntry, raw: list) -> list[RemoteEntry]:
-        """A directory's listing entries after its own, each with its full path; unusable
-        and repeated names are left out (logged)."""
+    def _children(self, sp: SysPath, me: RemoteEntry, raw: list,
+                  convert: Callable[[RemoteEntry], object] | None = None) -> list:
+        """A directory's listing entries after its own, each with its full path (and
+        passed through ``convert`` when given); unusable and repeated names are left out
+        (logged)."""
         base = me.path.rstrip("/")
-        children: list[RemoteEntry] = []
+        children: list = []
         names: set[str] = set()
         dropped = 0
         for item in raw:
-            entry = parse_entry(item, fallback_path="/")
+            entry = parse_entry(item, parent=base)
             if not usable_name(entry.name) or entry.name in names:
                 dropped += 1
                 continue
             names.add(entry.name)
-            children.append(entry.renamed(entry.name, f"{base}/{entry.name}"))
+            children.append(entry if convert is None else convert(entry))
         if dropped:
             self.log.warning("listing of %s: ignored %d entries with unusable or repeated names",
                              self._label(sp), dropped)

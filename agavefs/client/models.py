@@ -136,12 +136,14 @@ def _field(raw: dict, key: str, types: tuple, what: str, required: bool = True):
     return value
 
 
-def parse_entry(raw: object, *, fallback_path: str | None = None) -> RemoteEntry:
+def parse_entry(raw: object, *, fallback_path: str | None = None, parent: str | None = None
+                ) -> RemoteEntry:
     """A RemoteEntry from one element of a listing; ProtocolError when malformed.
 
     The name is kept exactly as sent (the caller decides whether it is usable).
     ``fallback_path`` is used when the entry's own ``path`` is missing or not an
-    absolute path.
+    absolute path.  With ``parent`` (a directory's path, "" for the root) the entry is
+    that directory's child: its path is ``parent/name``, whatever ``path`` it carries.
     """
     if not isinstance(raw, dict):
         raise ProtocolError("listing entry is not an object")
@@ -164,7 +166,7 @@ def parse_entry(raw: object, *, fallback_path: str | None = None) -> RemoteEntry
     perms = _field(raw, "permissions", (str,), what, required=False) or "READ_WRITE"
     modified = raw.get("lastModified")
     mtime = parse_time(modified) if modified is not None else datetime.fromtimestamp(0, timezone.utc)
-    path = clean_remote_path(raw.get("path")) or fallback_path
+    path = f"{parent}/{name}" if parent is not None else clean_remote_path(raw.get("path")) or fallback_path
     if path is None:
         raise ProtocolError(f"listing entry {what!r} has no usable path")
     return RemoteEntry(name=name, path=path, is_dir=is_dir, size=int(length), mtime=mtime,

@@ -47,6 +47,7 @@ across that check's request; nothing else is held then).
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 from typing import Callable, Hashable
 
 from agavefs.errors import ProtocolError
@@ -127,7 +128,8 @@ class PageCaps:
 
 def collect(fetch: Callable[[int, int], list], caps: PageCaps, limit: int,
             key: Callable[[object], Hashable], start: int = 0, dedupe: bool = True,
-            source: object = None) -> list:
+            source: object = None, convert: Callable[[list, int], list] | None = None,
+            submit: Callable[..., Future] | None = None) -> list:
     """Every item from index ``start`` to the end of the collection, in order.
 
     ``fetch(offset, limit)`` returns one page (a list).  With ``dedupe`` items are
@@ -135,24 +137,34 @@ def collect(fetch: Callable[[int, int], list], caps: PageCaps, limit: int,
     (history, where two identical events are legitimate) a page identical to the
     previous one ends the loop instead.  ``source`` names the collection for
     ``PageCaps.longest`` (recorded with each page's offset when given).
+
+    ``convert(items, index)`` turns each page's new items (the first of them at
+    ``index`` of the result; 0 again after a restart) into what is returned in their
+    place.  With ``submit`` (an executor's), the next page is requested as soon as a
+    page has been judged, and the page converted while that request is in flight:
+    the same requests in the same order, the client's work hidden in the wait for
+    the server.
     """
     restarts = 0
     check_overlap = True
     while True:
         items: list = []
+        out: list = []
         seen: set = set()
         offset = start
         prev_last = None
         prev_keys: list | None = None
         ambiguous_len: int | None = None
         restart = False
+        ahead: tuple[bool, int, Future] | None = None  # (overlap, at, answer) of the next page
         for _ in range(MAX_PAGES):
-            # the page after an ambiguous one is only a probe: no overlap (an empty
-            # answer ends the listing in one request); nor with a cap of one item
-            overlap = (check_overlap and offset > start and prev_last is not None
-                       and ambiguous_len is None and (caps.cap is None or caps.cap > 1))
-            at = offset - 1 if overlap else offset
-            page = fetch(at, limit)
+            if ahead is not None:
+                overlap, at, answer = ahead
+                ahead = None
+                page = answer.result()
+            else:
+                overlap, at = _plan(check_overlap, offset, start, prev_last, ambiguous_len, caps)
+                page = fetch(at, limit)
             if not isinstance(page, list):
                 raise ProtocolError("a page of results is not a list")
             n = len(page)
@@ -176,31 +188,47 @@ def collect(fetch: Callable[[int, int], list], caps: PageCaps, limit: int,
                 caps.confirm_cap(ambiguous_len)
             if not body:
                 break
-            added = 0
+            first_new = len(items)
             if dedupe:
                 for item in body:
                     k = key(item)
                     if k not in seen:
                         seen.add(k)
                         items.append(item)
-                        added += 1
             else:
                 keys = [key(item) for item in body]
                 if keys != prev_keys:
                     items.extend(body)
-                    added = len(body)
                 prev_keys = keys
+            added = len(items) - first_new
             offset += len(body)
             prev_last = page[-1]
             more, ambiguous = caps.maybe_more(n, limit, None if source is None else (source, at))
-            if not more or added == 0:
+            more = more and added > 0
+            if more:
+                ambiguous_len = n if ambiguous else None
+                if submit is not None:
+                    overlap, at = _plan(check_overlap, offset, start, prev_last, ambiguous_len, caps)
+                    ahead = (overlap, at, submit(fetch, at, limit))
+            if convert is not None and added:
+                out.extend(convert(items[first_new:], first_new))
+            if not more:
                 break
-            ambiguous_len = n if ambiguous else None
         if not restart:
-            return items
+            return out if convert is not None else items
         restarts += 1
         if restarts >= MAX_RESTARTS:
             check_overlap = False
+
+
+def _plan(check_overlap: bool, offset: int, start: int, prev_last: object,
+          ambiguous_len: int | None, caps: PageCaps) -> tuple[bool, int]:
+    """(does the next page overlap the last one, its offset).  The page after an
+    ambiguous one is only a probe: no overlap (an empty answer ends the listing in one
+    request); nor with a cap of one item."""
+    overlap = (check_overlap and offset > start and prev_last is not None
+               and ambiguous_len is None and (caps.cap is None or caps.cap > 1))
+    return overlap, (offset - 1 if overlap else offset)
 
 
 def collect_range(fetch: Callable[[int, int], list], start: int, stop: int, limit: int) -> list:

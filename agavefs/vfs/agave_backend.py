@@ -65,9 +65,8 @@ class AgaveBackend:
         return self._entry(me, posixpath.basename(path) or "/"), [self._entry(c, c.name) for c in kids]
 
     def list(self, path: str) -> tuple[Entry, list[Entry]]:
-        me, children = self.client.list(self.remote(path))
-        return (self._entry(me, posixpath.basename(path) or "/"),
-                [self._entry(c, c.name) for c in children])
+        me, children = self.client.list(self.remote(path), lambda c: self._entry(c, c.name))
+        return self._entry(me, posixpath.basename(path) or "/"), children
 
     def read(self, path: str, offset: int, size: int, file_size: int | None = None) -> bytes:
         return self.client.read(self.remote(path), offset, size, file_size=file_size)

@@ -255,10 +255,16 @@ class MetaCache:
                 pass
             self._attrs.pop(path, None)
             self._negative.pop(path, None)
-            for name in listing.children:  # the listing supersedes what was known of each
-                child = posixpath.join(path, name)
-                self._negative.pop(child, None)
-                self._attrs.pop(child, None)
+            # the listing supersedes what was known of each child: walk whichever is
+            # shorter, the children or the (bounded) per-path caches
+            for cache in (self._negative, self._attrs):
+                if len(cache) < len(listing.children):
+                    stale = [p for p in cache if posixpath.dirname(p) == path
+                             and posixpath.basename(p) in listing.children]
+                else:
+                    stale = (posixpath.join(path, name) for name in listing.children)
+                for child in stale:
+                    cache.pop(child, None)
         return listing
 
     def put(self, path: str, entry: Entry) -> None:

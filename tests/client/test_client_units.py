@@ -6,9 +6,11 @@ hostile stub server in the other modules of this directory.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import stat
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -401,12 +403,16 @@ def test_a_hint_no_longer_than_the_page_is_kept_for_later():
     assert big.calls == []
 
 
+# any cap (or none), any hint an earlier client left, the page length asked, listings
+SERVERS = dict(cap=st.one_of(st.none(), st.integers(1, 40)),
+               hint=st.one_of(st.none(), st.integers(2, 120)),
+               big=st.integers(0, 150),
+               limit=st.integers(2, 60),
+               sizes=st.lists(st.integers(0, 130), min_size=1, max_size=6))
+
+
 @settings(max_examples=300, deadline=None)
-@given(cap=st.one_of(st.none(), st.integers(1, 40)),
-       hint=st.one_of(st.none(), st.integers(2, 120)),
-       big=st.integers(0, 150),
-       limit=st.integers(2, 60),
-       sizes=st.lists(st.integers(0, 130), min_size=1, max_size=6))
+@given(**SERVERS)
 def test_collect_is_complete_whatever_the_server_and_the_hint(cap, hint, big, limit, sizes):
     """Any cap (or none), any hint an earlier client left (true, stale or about a page
     that is gone), any page size asked for: every listing is complete and in order."""
@@ -419,6 +425,78 @@ def test_collect_is_complete_whatever_the_server_and_the_hint(cap, hint, big, li
         got = collect(fake, caps, limit, key=_key, source="d")
         assert [x["name"] for x in got] == [x["name"] for x in fake.items]
         assert len(fake.calls) <= n // max(1, min(limit, cap or limit) - 1) + 3  # no runaway
+
+
+@settings(max_examples=150, deadline=None)
+@given(**SERVERS)
+def test_pipelined_paging_sends_the_same_requests(pages_pool, cap, hint, big, limit, sizes):
+    """A page converted while the next is fetched (convert + submit): the same requests
+    in the same order as page after page, and every item converted once, in order."""
+    plain, piped = PageCaps(), PageCaps()
+    if hint is not None:
+        for caps in (plain, piped):
+            source = FakeCollection(big, cap)
+            caps.hint(hint, lambda n, source=source: len(source(0, n)))
+    for n in sizes:
+        a, b = FakeCollection(n, cap), FakeCollection(n, cap)
+        want = collect(a, plain, limit, key=_key, source="d")
+        got = collect(b, piped, limit, key=_key, source="d", submit=pages_pool.submit,
+                      convert=lambda items, index: [(index + i, x["name"].upper()) for i, x in enumerate(items)])
+        assert got == [(i, x["name"].upper()) for i, x in enumerate(want)]
+        assert b.calls == a.calls
+
+
+def test_the_next_page_is_on_its_way_while_a_page_is_converted(pages_pool):
+    fake = FakeCollection(25)
+    asked = {k: threading.Event() for k in (2, 3)}
+    fake.on_call = lambda call: asked[call].set() if call in asked else None
+    waited = []
+
+    def convert(items, index):
+        # page k is converted only once page k+1 has been asked for (they overlap)
+        waited.append(asked[len(waited) + 2].wait(10) if len(waited) < 2 else None)
+        return [x["name"] for x in items]
+
+    got = collect(fake, PageCaps(), 10, key=_key, convert=convert, submit=pages_pool.submit)
+    assert got == [x["name"] for x in fake.items]
+    assert waited == [True, True, None]
+    assert fake.calls == [(0, 10), (9, 10), (18, 10)]
+
+
+def test_pipelined_paging_restarts_when_the_list_shifts(pages_pool):
+    fake = FakeCollection(30)
+    starts = []
+
+    def mutate(call):
+        if call == 2:  # between page 1 and 2: an entry before the offset disappears
+            del fake.items[3]
+
+    def convert(items, index):
+        starts.append(index)
+        return [x["name"] for x in items]
+
+    fake.on_call = mutate
+    got = collect(fake, PageCaps(), 10, key=_key, convert=convert, submit=pages_pool.submit)
+    assert got == [x["name"] for x in fake.items]
+    assert starts.count(0) == 2  # the restart converts from the first item again
+
+
+def test_pipelined_paging_raises_a_failed_page(pages_pool):
+    fake = FakeCollection(30)
+
+    def fail(call):
+        if call == 3:
+            raise ConnectionError("page 3 lost")
+
+    fake.on_call = fail
+    with pytest.raises(ConnectionError, match="page 3 lost"):
+        collect(fake, PageCaps(), 10, key=_key, convert=lambda items, index: items, submit=pages_pool.submit)
+
+
+@pytest.fixture(scope="module")
+def pages_pool():
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        yield pool
 
 
 def test_collect_restarts_when_the_list_shifts():

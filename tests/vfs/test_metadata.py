@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from agavefs.vfs.backend import Entry
-from agavefs.vfs.metadata import MetaCache
+from agavefs.vfs.metadata import ABSENT, MetaCache
 
 
 def cache() -> MetaCache:
@@ -31,3 +33,22 @@ def test_a_listing_supersedes_per_path_entries_of_its_children():
     m.put_listing("/d", Entry("d", True, 0, 1.0), [Entry("f", False, 2, 2.0)])
     m.invalidate_listing("/d")
     assert m.lookup("/d/f") is None  # unknown: ask the server, never the older entry
+
+
+@pytest.mark.parametrize("listed", [3, 2000])  # fewer children than cached paths, and more
+def test_a_listing_supersedes_exactly_its_childrens_per_path_entries(listed):
+    m = cache()
+    names = [f"f{i}" for i in range(listed)]
+    m.put("/d/f0", Entry("f0", False, 1, 1.0))      # a child: superseded
+    m.put_absent("/d/f1")                             # a child once missing: superseded
+    m.put("/d/gone", Entry("gone", False, 1, 1.0))   # not in the listing: kept as it was
+    m.put_absent("/d/never")
+    for i in range(300):                              # other directories: kept
+        m.put(f"/e/f{i}", Entry(f"f{i}", False, 7, 1.0))
+        m.put_absent(f"/d/f0/x{i}")
+    m.put_listing("/d", Entry("d", True, 0, 1.0), [Entry(n, False, 2, 2.0) for n in names])
+    assert m.lookup("/d/f1").size == 2
+    m.invalidate_listing("/d")
+    assert m.lookup("/d/f0") is None and m.lookup("/d/f1") is None
+    assert m.lookup("/d/gone").size == 1 and m.lookup("/d/never") is ABSENT
+    assert m.lookup("/e/f299").size == 7 and m.lookup("/d/f0/x299") is ABSENT
