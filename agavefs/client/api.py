@@ -31,7 +31,6 @@ Everything else is either immutable after __init__ or owned by the components
 
 from __future__ import annotations
 
-import concurrent.futures
 import itertools
 import logging
 import os
@@ -51,7 +50,7 @@ from agavefs.errors import (AgaveFSError, AlreadyExists, AuthError, InvalidArgum
 from agavefs.client.auth import TokenManager
 from agavefs.client.credentials import Credentials
 from agavefs.client.models import ClientStats, RemoteEntry, parse_entry, usable_name
-from agavefs.client.paging import PageCaps, collect
+from agavefs.client.paging import PageCaps, PageThreads, collect
 from agavefs.client.paths import SysPath, check_name
 from agavefs.client.reading import ReadOps
 from agavefs.client.responses import Redactor, unwrap
@@ -127,8 +126,7 @@ class AgaveClient(ReadOps, StagingOps):
         self.tokens = TokenManager(credentials, self.transport, logger=self.log)
         self.transport.auth = self.tokens
         self._sys_lock = threading.Lock()
-        self._pages_lock = threading.Lock()
-        self._pages_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pages = PageThreads(PAGE_THREADS, "agavefs-pages")  # next listing pages
         self._system_id = system_id
         self._systems: dict[str, dict] = {}
         self._list_caps = PageCaps()
@@ -166,10 +164,7 @@ class AgaveClient(ReadOps, StagingOps):
                                       passthrough=(416,))
 
     def close(self) -> None:
-        with self._pages_lock:
-            pool, self._pages_pool = self._pages_pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        self._pages.close()
         self.transport.close()
 
     def __enter__(self) -> "AgaveClient":
@@ -303,19 +298,11 @@ class AgaveClient(ReadOps, StagingOps):
             return self._children(sp, parent[0], items, convert)
 
         children = collect(self._list_fetcher(sp, "list"), self._list_caps, self.page_size,
-                           key=_entry_key, source=str(sp), convert=parse, submit=self._pages().submit)
+                           key=_entry_key, source=str(sp), convert=parse, submit=self._pages.submit)
         if not parent:
             raise ProtocolError(f"GET {self._label(sp)}: empty listing")
         return parent[0], children
 
-    def _pages(self) -> concurrent.futures.ThreadPoolExecutor:
-        """The threads that fetch a listing's next page while the last one is parsed:
-        long-lived, so each keeps its connection (transport.session)."""
-        with self._pages_lock:
-            if self._pages_pool is None:
-                self._pages_pool = concurrent.futures.ThreadPoolExecutor(
-                    PAGE_THREADS, thread_name_prefix="agavefs-pages")
-            return self._pages_pool
 
     def stat_with_children(self, path: str, children: int, *, deadline: float | None = None
                            ) -> tuple[RemoteEntry, list[RemoteEntry]]:

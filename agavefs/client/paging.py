@@ -46,6 +46,7 @@ across that check's request; nothing else is held then).
 
 from __future__ import annotations
 
+import queue
 import threading
 from concurrent.futures import Future
 from typing import Callable, Hashable
@@ -124,6 +125,59 @@ class PageCaps:
     def confirm_cap(self, n: int) -> None:
         with self._lock:
             self.cap = n if self.cap is None else max(self.cap, n)
+
+
+class PageThreads:
+    """A few long-lived threads that fetch pages ahead (``collect``'s ``submit``).
+
+    Long-lived, so each keeps its connection (transport.session); daemon threads, so a
+    page stuck on a dead server never holds up the process's exit (its request has its
+    own deadline; the thread that waits for the answer gets its error).  After
+    ``close`` a page is fetched by the thread that asks for it."""
+
+    def __init__(self, threads: int, name: str) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads, self._name = threads, name
+        self._started = 0
+        self._closed = False
+
+    def submit(self, fn: Callable, *args) -> Future:
+        future: Future = Future()
+        with self._lock:
+            inline = self._closed
+            if not inline and self._started < self._threads:
+                for i in range(self._started, self._threads):
+                    threading.Thread(target=self._loop, name=f"{self._name}-{i}", daemon=True).start()
+                self._started = self._threads
+            if not inline:
+                self._queue.put((future, fn, args))
+        if inline:
+            self._run(future, fn, args)
+        return future
+
+    @staticmethod
+    def _run(future: Future, fn: Callable, args: tuple) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            future.set_exception(exc)
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            self._run(*item)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for _ in range(self._started):
+                self._queue.put(None)
+            self._started = 0
 
 
 def collect(fetch: Callable[[int, int], list], caps: PageCaps, limit: int,

@@ -6,10 +6,11 @@ hostile stub server in the other modules of this directory.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import os
 import stat
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -19,7 +20,7 @@ from hypothesis import given, settings, strategies as st
 
 from agavefs.client.credentials import Credentials, format_expires_at, parse_expiry_text
 from agavefs.client.models import RemoteEntry, StagingObservation, StagingState, parse_entry, parse_time
-from agavefs.client.paging import PageCaps, collect, count_items
+from agavefs.client.paging import PageCaps, PageThreads, collect, count_items
 from agavefs.client.paths import SysPath, check_name
 from agavefs.client.responses import Redactor, error_for, is_fault
 from agavefs.errors import (AlreadyExists, AuthError, InvalidArgument, IsADirectory, NameTooLong,
@@ -495,8 +496,29 @@ def test_pipelined_paging_raises_a_failed_page(pages_pool):
 
 @pytest.fixture(scope="module")
 def pages_pool():
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        yield pool
+    pool = PageThreads(2, "test-pages")
+    yield pool
+    pool.close()
+
+
+def test_page_threads_answer_raise_and_after_close_run_inline():
+    pool = PageThreads(2, "t-pages")
+    assert [pool.submit(pow, 2, k).result(5) for k in range(5)] == [1, 2, 4, 8, 16]
+    with pytest.raises(ZeroDivisionError):
+        pool.submit(divmod, 1, 0).result(5)
+    names = {pool.submit(lambda: threading.current_thread().name).result(5) for _ in range(20)}
+    assert names <= {"t-pages-0", "t-pages-1"}  # long-lived: the same threads every time
+    pool.close()
+    assert pool.submit(lambda: threading.current_thread().name).result(0) == threading.current_thread().name
+
+
+def test_a_page_stuck_on_a_dead_server_does_not_hold_up_exit():
+    code = ("import time; from agavefs.client.paging import PageThreads\n"
+            "p = PageThreads(2, 'x'); p.submit(time.sleep, 120); time.sleep(0.2); print('bye')")
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "bye", r.stderr
+    assert time.monotonic() - t0 < 30
 
 
 def test_collect_restarts_when_the_list_shifts():
