@@ -1,6 +1,6 @@
 """The thin FUSE adapter: mfusepy (libfuse3) callbacks -> VFS calls, exceptions -> errnos.
 
-Design note: this module holds no state of its own and knows nothing of HTTP.  Each
+Design note: this module holds no state of its own (but a cache of packed readdir answers, below) and knows nothing of HTTP.  Each
 callback traces itself at debug level, calls the VFS and maps any exception to an
 errno (``agavefs.errors.to_errno``); nothing escapes as EINVAL or kills the mount.
 What is here beyond translation is libfuse plumbing:
@@ -10,6 +10,9 @@ What is here beyond translation is libfuse plumbing:
   getattr upcall per entry (mfusepy passes only the file type); each entry's stat is
   packed in one ``struct`` call (``_StatPacker``: a warm ``ls -l`` of 10,000 entries
   0.10 -> 0.07 s).  Times are rounded to the microsecond (``_ns``).
+* The only state here is derived: the packed form of the last few readdir answers
+  (``AgaveFUSE._packed``; the VFS hands out the same entries list while a directory
+  does not change, so a warm ``ls -l`` re-packs nothing).
 * ``utimens`` decodes UTIME_NOW / UTIME_OMIT, which arrive as raw nanosecond values.
 * Extended attributes, links, mknod and locks are left unimplemented: mfusepy then
   does not register them and the kernel learns ENOSYS once (xattrs) or answers
@@ -26,7 +29,9 @@ import operator
 import os
 import stat as st
 import struct
+import threading
 import time
+from collections import OrderedDict
 
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 
@@ -40,6 +45,9 @@ UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 FUSE_READDIR_PLUS = 1
 FUSE_FILL_DIR_PLUS = 2
+# readdir answers kept packed for the kernel (AgaveFUSE._packed): directories, entries in all
+PACKED_DIRS = 8
+PACKED_ENTRIES = 50_000
 
 
 def _ns(seconds: float) -> int:
@@ -299,20 +307,57 @@ class AgaveFUSE(fuse.FUSE):
         return self.operations.truncate(None if path is None else path.decode(self.encoding, self.errors),
                                         length, fh)
 
+    def __init__(self, *args, **kwargs):
+        self._packed_lock = threading.Lock()
+        self._packed_dirs: OrderedDict[int, _PackedDir] = OrderedDict()  # id(entries) -> packed
+        super().__init__(*args, **kwargs)  # runs the session
+
     def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
-        entries = self.operations.readdir_entries(fip.contents.fh)
-        plus = flags & FUSE_READDIR_PLUS
-        stat = fuse.c_stat()
-        for index in range(offset, len(entries)):
-            name, attrs = entries[index]
-            fill = 0
-            if attrs is None:
-                ctypes.memset(ctypes.byref(stat), 0, ctypes.sizeof(stat))
-                stat.st_mode = st.S_IFDIR
-            else:
-                _fill_stat(stat, attrs)
-                if plus and name not in (".", ".."):
-                    fill = FUSE_FILL_DIR_PLUS
-            if filler(buf, name.encode(self.encoding, self.errors), stat, index + 1, fill) != 0:
+        packed = self._packed(self.operations.readdir_entries(fip.contents.fh))
+        plus = FUSE_FILL_DIR_PLUS if flags & FUSE_READDIR_PLUS else 0
+        names, stats, fills = packed.names, packed.stats, packed.fills
+        for index in range(offset, len(names)):
+            if filler(buf, names[index], stats[index], index + 1, fills[index] & plus) != 0:
                 break
         return 0
+
+    def _packed(self, entries) -> "_PackedDir":
+        """``entries`` as the kernel gets them, packed once: a directory read again
+        unchanged comes back from the VFS as the same list (its ``DirEntries``).  The
+        last few are kept (PACKED_DIRS, PACKED_ENTRIES in all; the one in use always)."""
+        key = id(entries)
+        with self._packed_lock:
+            hit = self._packed_dirs.get(key)
+            if hit is not None and hit.entries is entries:
+                self._packed_dirs.move_to_end(key)
+                return hit
+        packed = _PackedDir(entries, self.encoding, self.errors)
+        with self._packed_lock:
+            self._packed_dirs.pop(key, None)
+            self._packed_dirs[key] = packed
+            total = sum(len(p.names) for p in self._packed_dirs.values())
+            while len(self._packed_dirs) > 1 and (len(self._packed_dirs) > PACKED_DIRS
+                                                  or total > PACKED_ENTRIES):
+                total -= len(self._packed_dirs.popitem(last=False)[1].names)
+        return packed
+
+
+class _PackedDir:
+    """A readdir answer in the kernel's terms: each entry's name encoded, its stat packed
+    (a ``c_stat`` array) and its fill flag for READDIRPLUS (none for "." and "..", nor for
+    an entry without attributes)."""
+
+    __slots__ = ("entries", "names", "stats", "fills")
+
+    def __init__(self, entries, encoding: str, errors: str):
+        self.entries = entries  # held: its id is the key
+        self.stats = (fuse.c_stat * len(entries))()  # zeroed
+        self.names = [name.encode(encoding, errors) for name, _ in entries]
+        self.fills = []
+        for index, (name, attrs) in enumerate(entries):
+            if attrs is None:
+                self.stats[index].st_mode = st.S_IFDIR
+                self.fills.append(0)
+            else:
+                _fill_stat(self.stats[index], attrs)
+                self.fills.append(0 if name in (".", "..") else FUSE_FILL_DIR_PLUS)

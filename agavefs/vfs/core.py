@@ -37,7 +37,7 @@ import posixpath
 import stat as st
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 
 from agavefs.errors import (AgaveFSError, InvalidArgument, IsADirectory, NameTooLong, NotADirectory,
                             NotFound, PermissionDenied, ReadOnly, TimedOut, Unsupported)
@@ -60,6 +60,18 @@ RELIST_MAX = 1000  # a lookup miss re-lists a cached directory this small (<= 3 
 # a lookup's stat of a directory brings this many of its entries along, in the same request
 # (limit=100, the server's default page): the next lookups in it cost nothing
 LOOKUP_CHILDREN = 99
+# readdir keeps its last answer for this many directories, this many entries in all: an
+# unchanged directory read again (ls, a file manager's refresh) is answered as it was
+READDIR_KEPT = 16
+READDIR_KEPT_ENTRIES = 50_000
+
+
+class DirEntries(list):
+    """readdir's answer: [(name, attributes or None)], "." and ".." first.  The same
+    object is returned while the directory does not change (``basis``: what it was
+    made from), so a caller may keep what it derives from it."""
+
+    basis: tuple = ()
 
 
 class VFS(NamespaceOps, WriteOps):
@@ -77,6 +89,8 @@ class VFS(NamespaceOps, WriteOps):
         self.writeback = WriteBack(backend, self.store, self, workers=opts.upload_workers,
                                    staging_timeout=opts.staging_timeout)
         self._flights: dict[str, _Flight] = {}  # listings in flight; protected by lock
+        self._readdir_lock = threading.Lock()
+        self._readdirs: OrderedDict[str, DirEntries] = OrderedDict()  # readdir's last answers
         self.walk = WalkAhead(self._list_ahead, opts.walk_ahead) if opts.walk_ahead > 0 else None
         self.siblings = SiblingPrefetch(lambda path, size: self.backend.read(path, 0, size, size),
                                         self.meta.peek_listing, ahead=opts.prefetch_files,
@@ -278,18 +292,42 @@ class VFS(NamespaceOps, WriteOps):
             self.meta.end(watch)
             raise
         with self.lock:
-            entries = {name: e for name, e in self.meta.children(watch, listing).items()
-                       if not is_temp_name(name)}
-            for name in self._child_nodes.get(path, ()):
-                node = self.nodes[posixpath.join(path, name)]
-                if node.local:
-                    entries[name] = self._node_entry(node)
-        out: list[tuple[str, dict | None]] = [(".", self.attr_of(listing.me)), ("..", None)]
-        out.extend((name, self.attr_of(e)) for name, e in entries.items())
+            kids = self.meta.children(watch, listing)
+            local = [(name, self._node_entry(node)) for name in self._child_nodes.get(path, ())
+                     if (node := self.nodes[posixpath.join(path, name)]).local]
+        # the same directory as the last time it was read (compared in C: the entries
+        # are mostly the very same objects): the same list, which the FUSE adapter
+        # keeps packed for the kernel
+        basis = (listing.me, kids, local)
+        with self._readdir_lock:
+            out = self._readdirs.get(path)
+            if out is not None and out.basis == basis:
+                self._readdirs.move_to_end(path)
+            else:
+                out = None
+        if out is None:
+            entries = {name: e for name, e in kids.items() if not is_temp_name(name)}
+            entries.update(local)
+            out = DirEntries([(".", self.attr_of(listing.me)), ("..", None)])
+            out.extend((name, self.attr_of(e)) for name, e in entries.items())
+            out.basis = basis
+            self._remember_readdir(path, out)
         if self.walk is not None:
             self.walk.entered(path, lambda: self._unlisted_subdirs(path, listing)
                               + self._unlisted_subdirs(posixpath.dirname(path)))
         return out
+
+    def _remember_readdir(self, path: str, out: "DirEntries") -> None:
+        """Keep the last entries of a few directories (READDIR_KEPT, READDIR_KEPT_ENTRIES
+        in all; the oldest go first)."""
+        with self._readdir_lock:
+            self._readdirs.pop(path, None)
+            if len(out) > READDIR_KEPT_ENTRIES:
+                return
+            self._readdirs[path] = out
+            total = sum(len(v) for v in self._readdirs.values())
+            while len(self._readdirs) > READDIR_KEPT or total > READDIR_KEPT_ENTRIES:
+                total -= len(self._readdirs.popitem(last=False)[1])
 
     def _unlisted_subdirs(self, path: str, listing=None) -> list[str]:
         """The subdirectories of ``path`` (from its cached listing) whose own listing is

@@ -10,7 +10,8 @@ import stat as st
 
 from hypothesis import given, settings, strategies as hst
 
-from agavefs.fuse_ops import _STAT_PACKER, _fill_stat, _to_ns, fuse
+from agavefs import fuse_ops
+from agavefs.fuse_ops import _STAT_PACKER, AgaveFUSE, _fill_stat, _to_ns, fuse
 
 U32 = hst.integers(0, 2**32 - 1)
 TIMES = hst.floats(0, 2**33, allow_nan=False, allow_infinity=False)
@@ -58,6 +59,84 @@ def test_attributes_of_another_shape_take_the_field_by_field_way(attrs, missing)
     assert _packed(attrs) == _by_mfusepy(attrs)
     attrs["st_extra"] = 1
     assert _packed(attrs) == _by_mfusepy(attrs)
+
+
+class _Ops:
+    def __init__(self, entries):
+        self.entries = entries
+
+    def readdir_entries(self, fh):
+        return self.entries
+
+
+def _adapter(entries) -> AgaveFUSE:
+    fs = object.__new__(AgaveFUSE)  # its __init__ would run a session
+    fs._packed_lock, fs._packed_dirs = fuse_ops.threading.Lock(), fuse_ops.OrderedDict()
+    fs.operations, fs.encoding, fs.errors = _Ops(entries), "utf-8", "surrogateescape"
+    return fs
+
+
+class _Fip:
+    class contents:
+        fh = 1
+
+
+def _read_all(fs, plus: bool, room: int) -> list:
+    """What the kernel gets over as many readdir calls as a buffer of ``room`` entries
+    needs: [(name, stat bytes, next offset, fill flag)]."""
+    got, offset = [], 0
+    while True:
+        batch = []
+
+        def filler(buf, name, stat, off, fill):
+            if len(batch) == room:
+                return 1  # full
+            batch.append((name, bytes(stat), off, fill))
+            return 0
+
+        assert fs.readdir_fuse_3(b"/d", None, filler, offset, _Fip, 1 if plus else 0) == 0
+        if not batch:
+            return got
+        got += batch
+        offset = batch[-1][2]
+
+
+NAMES = hst.text(hst.characters(blacklist_characters="/\0", blacklist_categories=("Cs",)), min_size=1, max_size=20)
+
+
+@settings(max_examples=150, deadline=None)
+@given(hst.lists(hst.tuples(NAMES, hst.one_of(hst.none(), ATTRS)), max_size=40, unique_by=lambda e: e[0]),
+       hst.booleans(), hst.integers(1, 50))
+def test_readdir_hands_the_kernel_every_entry_packed(kids, plus, room):
+    """Each entry once, in order, with its offset, its stat as set_st_attrs would write
+    it, and FUSE_FILL_DIR_PLUS only where the kernel asked for it and there are
+    attributes ("." and ".." never); the same packed answer again for the same list."""
+    entries = [("..", None)] + kids
+    fs = _adapter(entries)
+    got = _read_all(fs, plus, room)
+    want = []
+    for index, (name, attrs) in enumerate(entries):
+        if attrs is None:
+            stat = fuse.c_stat()
+            stat.st_mode = st.S_IFDIR
+            raw = bytes(stat)
+        else:
+            raw = _by_mfusepy(attrs)
+        fill = fuse_ops.FUSE_FILL_DIR_PLUS if plus and attrs is not None and name not in (".", "..") else 0
+        want.append((name.encode("utf-8", "surrogateescape"), raw, index + 1, fill))
+    assert got == want
+    assert _read_all(fs, plus, room) == want and len(fs._packed_dirs) == 1
+
+
+def test_readdir_keeps_few_packed_answers():
+    fs = _adapter([])
+    lists = [[(".", None), ("..", None), (f"f{i}", None)] for i in range(fuse_ops.PACKED_DIRS + 3)]
+    packed = [fs._packed(entries) for entries in lists]
+    assert len(fs._packed_dirs) == fuse_ops.PACKED_DIRS
+    assert fs._packed(lists[-1]) is packed[-1] and fs._packed(lists[0]) is not packed[0]
+    huge = [(f"h{i}", None) for i in range(fuse_ops.PACKED_ENTRIES + 1)]
+    assert fs._packed(huge) is fs._packed(huge)  # the one in use is kept, whatever its size
+    assert list(fs._packed_dirs.values())[-1].entries is huge and len(fs._packed_dirs) == 1
 
 
 def test_ls_l_shows_the_servers_sizes_times_and_modes(emu, mount_factory):

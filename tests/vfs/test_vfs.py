@@ -520,3 +520,44 @@ def test_entries_brought_by_a_stat_never_undo_a_change_made_meanwhile(backend, m
             vfs.getattr("/d/a")
         assert exc.value.errno == errno.ENOENT
     assert vfs.getattr("/d/b")["st_size"] == 1
+
+
+def test_a_directory_read_again_unchanged_is_the_same_answer(backend, make_vfs):
+    """readdir hands out the same entries list while nothing changed (the FUSE adapter
+    keeps it packed for the kernel), and a new, right one after any change."""
+    for i in range(30):
+        backend.put(f"/d/f{i:02d}", b"x" * i)
+    vfs = make_vfs(backend, dir_ttl=0.2, attr_ttl=0.2)
+
+    def names(out):
+        return sorted(n for n, _ in out)[2:]
+
+    first = vfs.readdir("/d")
+    assert vfs.readdir("/d") is first
+    time.sleep(0.3)  # the listing expires: fetched again, the same entries
+    assert vfs.readdir("/d") is first
+    write_file(vfs, "/d/new", b"hello")  # pending upload: listed from the spool
+    pending = vfs.readdir("/d")
+    assert pending is not first and "new" in names(pending)
+    assert dict(pending)["new"]["st_size"] == 5
+    assert vfs.drain(timeout=10)
+    stored = vfs.readdir("/d")
+    assert "new" in names(stored) and dict(stored)["new"]["st_size"] == 5
+    vfs.unlink("/d/f00")
+    gone = vfs.readdir("/d")
+    assert "f00" not in names(gone) and names(gone) == sorted([f"f{i:02d}" for i in range(1, 30)] + ["new"])
+    backend.put("/d/f05", b"y" * 500)  # changed on the server
+    time.sleep(0.3)
+    changed = vfs.readdir("/d")
+    assert changed is not gone and dict(changed)["f05"]["st_size"] == 500
+
+
+def test_readdir_keeps_few_answers(backend, make_vfs):
+    from agavefs.vfs import core
+    for d in range(core.READDIR_KEPT + 4):
+        backend.put(f"/d{d}/f", b"x")
+    vfs = make_vfs(backend)
+    outs = [vfs.readdir(f"/d{d}") for d in range(core.READDIR_KEPT + 4)]
+    assert len(vfs._readdirs) == core.READDIR_KEPT
+    assert vfs.readdir(f"/d{core.READDIR_KEPT + 3}") is outs[-1]
+    assert vfs.readdir("/d0") is not outs[0] and vfs.readdir("/d0") == outs[0]
