@@ -47,7 +47,7 @@ FUSE_READDIR_PLUS = 1
 FUSE_FILL_DIR_PLUS = 2
 # readdir answers kept packed for the kernel (AgaveFUSE._packed): directories, entries in all
 PACKED_DIRS = 8
-PACKED_ENTRIES = 50_000
+PACKED_ENTRIES = 20_000
 
 
 def _ns(seconds: float) -> int:

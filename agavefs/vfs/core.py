@@ -63,7 +63,7 @@ LOOKUP_CHILDREN = 99
 # readdir keeps its last answer for this many directories, this many entries in all: an
 # unchanged directory read again (ls, a file manager's refresh) is answered as it was
 READDIR_KEPT = 16
-READDIR_KEPT_ENTRIES = 50_000
+READDIR_KEPT_ENTRIES = 20_000
 
 
 class DirEntries(list):
