@@ -1,6 +1,7 @@
 """The thin FUSE adapter: mfusepy (libfuse3) callbacks -> VFS calls, exceptions -> errnos.
 
-Design note: this module holds no state of its own (but a cache of packed readdir answers, below) and knows nothing of HTTP.  Each
+Design note: this module knows nothing of HTTP and holds no state but a derived one
+(packed readdir answers, below).  Each
 callback traces itself at debug level, calls the VFS and maps any exception to an
 errno (``agavefs.errors.to_errno``); nothing escapes as EINVAL or kills the mount.
 What is here beyond translation is libfuse plumbing:

@@ -303,7 +303,6 @@ class AgaveClient(ReadOps, StagingOps):
             raise ProtocolError(f"GET {self._label(sp)}: empty listing")
         return parent[0], children
 
-
     def stat_with_children(self, path: str, children: int, *, deadline: float | None = None
                            ) -> tuple[RemoteEntry, list[RemoteEntry]]:
         """``stat`` in one request that also brings up to ``children`` of a directory's
