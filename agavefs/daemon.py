@@ -318,7 +318,7 @@ def run_daemon(args, system, path, mountpoint, extra_fuse_opts) -> int:
         write(s)
 
     def drain(write):
-        vfs.drain(lambda files, size: write({"files": files, "bytes": size}), None)
+        vfs.drain(lambda files, size: write({"files": files, "bytes": size}), None, settle=False)
         write({"done": True})
 
     def force(write):

@@ -559,8 +559,14 @@ class VFS(NamespaceOps, WriteOps):
                 self._maybe_forget(handle.node)
 
     # ------------------------------------------------------------------ lifecycle
-    def drain(self, progress=None, timeout: float | None = None) -> bool:
-        return self.writeback.drain(progress, timeout)
+    def drain(self, progress=None, timeout: float | None = None, settle: bool = True) -> bool:
+        """Wait until the server has every file written; with ``settle``, also until
+        their spool files are gone (an unmount leaves that to ``close``, which it runs
+        anyway: it need not wait for the unlinks before it unmounts)."""
+        done = self.writeback.drain(progress, timeout)
+        if done and settle:
+            self.store.settle()
+        return done
 
     def status(self) -> dict:
         with self.lock:
@@ -587,6 +593,7 @@ class VFS(NamespaceOps, WriteOps):
         if self.siblings is not None:
             self.siblings.stop()
         self.writeback.stop(wait)
+        self.store.settle()
 
 
 class _Flight:

@@ -16,6 +16,19 @@ after the data is on disk (fsync'ed when ``fsync`` is on), and removed only afte
 the server provably stored the file, so a crash at any point leaves either nothing
 to do or a record the next mount finishes (``load_records``).
 
+Writeback: with ``fsync`` on, a file's close waits for its data to reach the disk.
+So that this wait is for the last few MiB and not the whole file, every
+WRITEBACK_EVERY bytes written to a spool file start the kernel's writeback of its
+dirty pages (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, which does not wait for the
+disk): the disk works while the file is still being written, and a close of 256 MiB
+waited 0.14 s for its fsync before, 0.005 s after.  It changes nothing about what is
+durable when: only the fsync is a promise.  Once its bytes are on their way to the
+server, a spool file's pages are dropped from the page cache (``drop_cache``: the
+streamed upload behind itself, every upload at its end): the kernel keeps the written
+file's pages for the mount's readers anyway, and a second copy of every byte written
+would double the memory a large copy takes (and push out other files' pages).  Pages
+still dirty stay; a later read of the spool reads the disk.
+
 Space: ``used`` counts the bytes of every spool file.  ``reserve`` waits (bounded)
 while the spool is over ``max_size`` and uploads can free space, and raises ENOSPC
 when the request alone exceeds the spool or nothing is left to free.
@@ -38,6 +51,29 @@ from pathlib import Path
 from agavefs.errors import AgaveFSError, NoSpace
 
 COPY_CHUNK = 8 * 1024 * 1024
+WRITEBACK_EVERY = 8 * 1024 * 1024
+SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h
+
+
+def _load_sync_file_range():
+    """libc's sync_file_range, or None where there is none (not Linux)."""
+    try:
+        import ctypes
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+
+
+def start_writeback(fd: int) -> bool:
+    """Start writing ``fd``'s dirty pages to disk without waiting; False if this system
+    cannot (then the fsync at close does it all)."""
+    return _sync_file_range is not None and _sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) == 0
 
 
 class SpoolFile:
@@ -49,6 +85,7 @@ class SpoolFile:
         self._lock = threading.Lock()
         self.size = size  # protected by _lock
         self._refs = 1  # protected by _lock
+        self._unflushed = 0  # bytes written since writeback was last started; _lock
         self.streamed = False  # a streamed upload was started for it (one per spool); VFS lock
 
     # -- references: the node, open handles and queued uploads share a file ----
@@ -97,6 +134,12 @@ class SpoolFile:
             new_size = max(self.size, offset + written) if written else self.size
             surplus = grow - (new_size - self.size)
             self.size = new_size
+            self._unflushed += written
+            flush = self.store.fsync and self._unflushed >= WRITEBACK_EVERY
+            if flush:
+                self._unflushed = 0
+        if flush:
+            start_writeback(self._fd)
         if surplus:
             self.store._account(-surplus)
         return written
@@ -114,6 +157,13 @@ class SpoolFile:
 
     def fsync(self) -> None:
         os.fsync(self._fd)
+
+    def drop_cache(self, end: int = 0) -> None:
+        """Let the kernel drop this file's clean cached pages below ``end`` (0: all)."""
+        try:
+            os.posix_fadvise(self._fd, 0, end, os.POSIX_FADV_DONTNEED)
+        except (OSError, AttributeError):  # not on this system: only memory is at stake
+            pass
 
     def copy_from(self, other: "SpoolFile", timeout: float) -> None:
         """Make this (empty) file a copy of ``other``, in the kernel where possible."""
@@ -148,6 +198,7 @@ class SpoolStore:
         self._cond = threading.Condition()
         self.used = 0  # protected by _cond
         self.freeable = 0  # bytes that queued uploads will free; protected by _cond
+        self.busy = 0  # removals announced by hold() and not yet done; protected by _cond
 
     # -- space ---------------------------------------------------------------
     def _account(self, delta: int) -> None:
@@ -172,6 +223,30 @@ class SpoolStore:
                     raise NoSpace("the spool is full (--cache-max-size) and no upload can free it")
                 self._cond.wait(min(left, 1.0))
             self.used += nbytes
+
+    # -- removals that outlive their job -------------------------------------------
+    def hold(self) -> None:
+        """A spool file is about to be let go after its upload was reported done (an
+        unlink may take 0.1 s): ``settle`` waits for the matching ``release``."""
+        with self._cond:
+            self.busy += 1
+
+    def release(self) -> None:
+        with self._cond:
+            self.busy -= 1
+            self._cond.notify_all()
+
+    def settle(self, timeout: float = 30.0) -> bool:
+        """Wait until no announced removal is left (before the process exits: a spool
+        file left without its journal record would come back as lost+found)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.busy > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
 
     # -- files ---------------------------------------------------------------
     def new_file(self) -> SpoolFile:

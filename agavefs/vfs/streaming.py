@@ -45,6 +45,7 @@ MiB = 1024 * 1024
 # (Options.stream_min, Options.stream_idle)
 STREAM_MAX = 2  # streamed uploads at once
 STREAM_CHUNK = MiB
+DROP_EVERY = 8 * MiB  # the spool's pages behind the stream are dropped this often (spool.py)
 
 
 class StreamAborted(Exception):
@@ -95,7 +96,7 @@ class StreamSource:
 
     def chunks(self):
         """The content from its first byte, as it becomes final (one call per attempt)."""
-        pos = self.sent = 0
+        pos = self.sent = dropped = 0
         while True:
             with self._cond:
                 deadline = time.monotonic() + self.idle
@@ -120,3 +121,6 @@ class StreamSource:
             if self.progress is not None:
                 self.progress(pos, self.size, self.available)
             yield data
+            if pos - dropped >= DROP_EVERY:  # what was sent is read no more
+                self.spool.drop_cache(pos)
+                dropped = pos

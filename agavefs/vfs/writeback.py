@@ -66,6 +66,7 @@ POLL_FIRST = 0.02
 POLL_SHARE = 0.25  # without a prediction, the next look comes after this share of the wait so far
 POLL_MAX = 1.0
 CLEANUP_WAIT = 10.0  # an unmount waits this long for cancelled uploads to delete their files
+DRAIN_WAKE_JOBS = 8  # with this many jobs left or fewer, a drain wakes as each is stored
 # a refused session (the refresh token is dead) is not a busy server: the client answers
 # from the credentials cache without a request until a new login appears there, so the
 # uploads look again this often and resume within seconds of `agavefs login`
@@ -183,6 +184,9 @@ class WriteBack:
         self._heap: list = []  # (when, tiebreak, step, job); protected by _cond
         self._tiebreak = itertools.count()
         self.jobs: dict[str, Job] = {}  # protected by _cond
+        # drain() sleeps on this until a job leaves the table (a leaf lock)
+        self._left = threading.Condition()
+        self._jobs_left = 0  # protected by _left
         self._upload_slots = threading.Semaphore(workers)
         self._stream_slots = threading.Semaphore(STREAM_MAX)
         self.streaming = True  # off once the server refuses a streamed body
@@ -385,6 +389,8 @@ class WriteBack:
         last = 0.0
         cleanup_until = None
         while True:
+            with self._left:
+                left = self._jobs_left
             jobs = self.pending()
             now = time.monotonic()
             if not jobs:
@@ -399,14 +405,24 @@ class WriteBack:
                     if progress:
                         progress(0, 0)
                     return True
-                time.sleep(0.02)
+                self._wait_for_a_job(left, 0.02)
                 continue
             if progress and now - last >= interval:
                 progress(len(jobs), sum(j.size for j in jobs))
                 last = now
             if deadline is not None and now > deadline:
                 return False
-            time.sleep(0.05)
+            if len(jobs) > DRAIN_WAKE_JOBS:  # many left: a look every 50 ms is enough
+                time.sleep(0.05)
+            else:  # the last few: look again as soon as one is stored
+                self._wait_for_a_job(left, 0.05)
+
+    def _wait_for_a_job(self, left: int, timeout: float) -> None:
+        """Sleep up to ``timeout`` seconds, less if a job leaves the table after the
+        count ``left`` was read."""
+        with self._left:
+            if self._jobs_left == left:
+                self._left.wait(timeout)
 
     def stop(self, wait: bool = False) -> None:
         """Start no more steps; with ``wait``, also let the running ones end."""
@@ -520,6 +536,7 @@ class WriteBack:
 
     def _uploaded(self, job: Job) -> None:
         """The body is sent (202): wait out the staging, then finalize."""
+        job.spool.drop_cache()  # it is on disk; a retry reads it from there
         job.state = "staging"
         job.last_seen = job.seen_length = None
         job.last_progress = job.uploaded_at = time.monotonic()
@@ -620,9 +637,21 @@ class WriteBack:
             self.store.remove_record(job.id)
         self.store.set_freeable(-job.size)
         self.owner.job_done(job, path)
-        job.spool.decref()
-        with self._cond:
-            self.jobs.pop(job.id, None)
-        job.finished.set()
-        with job.failure:
-            job.failure.notify_all()
+        # the job is over for its waiters before its spool file goes (an unlink of a
+        # large file takes ~0.1 s): the store counts the removal until it is done, and
+        # the daemon settles the store before it exits
+        self.store.hold()
+        try:
+            with self._cond:
+                self.jobs.pop(job.id, None)
+            with self._left:
+                self._jobs_left += 1
+                self._left.notify_all()
+            job.finished.set()
+            with job.failure:
+                job.failure.notify_all()
+        finally:
+            try:
+                job.spool.decref()
+            finally:
+                self.store.release()

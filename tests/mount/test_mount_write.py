@@ -406,3 +406,22 @@ def test_a_header_patched_after_the_body_is_not_lost_to_the_stream(mnt: Mount, e
     finish(mnt)
     assert (emu.home() / "archive.bin").read_bytes() == bytes(body)
     assert not [p for p in emu.home().rglob("*") if HIDDEN in p.name]
+
+
+def test_umount_of_a_large_file_leaves_nothing_behind(mnt, emu):
+    """An unmount's drain answers once the server has the file; the spool file (an
+    unlink of a large file takes ~0.1 s) goes while the unmount proceeds, and the
+    daemon waits for that before it exits (and then skips the interpreter's
+    teardown): the server has the bytes, the daemon ends with 0 and its last log
+    line written, and the cache directory keeps no data, record or lost+found."""
+    data = os.urandom(40 * 1024 * 1024)  # streamed while written (8 MiB on)
+    with open(mnt.path / "big.bin", "wb") as f:
+        for off in range(0, len(data), 1 << 20):
+            f.write(data[off:off + (1 << 20)])
+    finish(mnt)
+    assert mnt.proc.returncode == 0
+    assert (emu.home() / "big.bin").read_bytes() == data
+    assert "filesystem unmounted" in mnt.log_text().rstrip().splitlines()[-1]
+    assert not list((mnt.cache_dir / "data").iterdir())
+    assert not list((mnt.cache_dir / "journal").iterdir())
+    assert not (mnt.cache_dir / "lost+found").exists()
