@@ -17,7 +17,12 @@ catches up with it.  The kernel sends concurrent, possibly reordered reads for o
 sequential reader, so the window is addressed by offset, keeps a little data behind
 the furthest read, and a read ahead of the fetched part waits for it instead of
 opening a new request; a read whose bytes were trimmed away while it waited (by a
-read further ahead) falls back to a ranged read.  Reads far outside the window
+read further ahead) falls back to a ranged read.  So does a read behind the window
+(a straggler of the kernel's read-ahead, which keeps up to ``read_ahead_kb`` of reads
+in flight: with 4 MiB, some came more than KEEP_BEHIND late), without counting
+against the stream; and the window keeps that much more behind from then on (up to
+KEEP_BEHIND_MAX), so the next stragglers find their bytes (a sequential read of 1 GiB
+with read_ahead_kb 4096: 64-311 GETs before, 4 now).  Reads far ahead of the window
 count as misses; two in a row close the stream (the reader has become random).
 
 Cost per byte matters here (a FUSE read path in Python is CPU-bound): chunks are
@@ -46,7 +51,8 @@ from agavefs.vfs.backend import Backend
 log = logging.getLogger("agavefs.vfs")
 
 CHUNK = 1024 * 1024  # also the largest FUSE read (max_pages 256): one chunk per kernel request
-KEEP_BEHIND = 4 * 1024 * 1024
+KEEP_BEHIND = 4 * 1024 * 1024  # kept behind the furthest read, at first
+KEEP_BEHIND_MAX = 16 * 1024 * 1024  # ... and at most, after late reads (behind())
 # the kernel re-sends a failed read-ahead at once as a plain read of the same offset:
 # a read that just timed out fails again at once for this long instead of waiting
 # out a second op_timeout (so a read(2) on a silent server ends within op_timeout)
@@ -101,6 +107,7 @@ class Prefetch:
         self._error: BaseException | None = None
         self._closed = False
         self._held = 0  # bytes charged to the budget
+        self.keep_behind = KEEP_BEHIND  # bytes kept behind the furthest read
         self._thread = threading.Thread(target=self._fill, name="agavefs-readahead", daemon=True)
         self._thread.start()
 
@@ -184,6 +191,16 @@ class Prefetch:
                 self._cond.notify_all()  # room for the filler
             return data
 
+    def behind(self, offset: int) -> bool:
+        """Is ``offset`` before the bytes still held (the window has moved past it)?
+        Then the window keeps enough behind for a read that late from now on."""
+        with self._cond:
+            if offset >= self.lo:
+                return False
+            late = self._read_max - offset + CHUNK
+            self.keep_behind = min(KEEP_BEHIND_MAX, max(self.keep_behind, late))
+            return True
+
     def _extract(self, offset: int, end: int) -> bytes:
         """Call with _cond held; lo <= offset < end <= hi."""
         first, last = offset // CHUNK, (end - 1) // CHUNK
@@ -203,7 +220,7 @@ class Prefetch:
         return b"".join(parts)
 
     def _trim(self) -> None:
-        floor = self._read_max - KEEP_BEHIND
+        floor = self._read_max - self.keep_behind
         while self.lo < self.hi:
             i = self.lo // CHUNK
             stop = min((i + 1) * CHUNK, self.file_size)
@@ -290,9 +307,10 @@ class RemoteReader:
                     self._misses = 0
                     self._last_end = offset + size
                 return data
+        straggler = prefetch is not None and prefetch.behind(offset)
         data = self.backend.read(self.path, offset, size, self.size)
         with self._lock:
-            if self._prefetch is not None:
+            if self._prefetch is not None and not straggler:
                 self._misses += 1
                 if self._misses >= 2:
                     self._prefetch.close()

@@ -81,3 +81,24 @@ def test_concurrent_reordered_reads_never_return_short_or_wrong_bytes():
             for off, fut in futures.items():
                 assert fut.result(timeout=30) == data[off:off + size], off
     reader.close()
+
+
+def test_late_reads_behind_the_window_do_not_restart_the_stream():
+    """With a large kernel read-ahead (read_ahead_kb 4096) some reads of a sequential
+    reader arrive after reads several MiB further on, behind what the window keeps:
+    they are read by range, and the stream goes on (it was closed and reopened each
+    time: 64-311 GETs for one sequential read of 1 GiB)."""
+    data = os.urandom(32 * MiB)
+    backend, reader = make(data)
+    # two late chunks in a row (two "misses" closed the stream before), after chunk 14;
+    # later, chunks 20 and 21 come as late (after chunk 26)
+    order = [i for i in range(32) if i not in (8, 9, 20, 21)]
+    order[order.index(15):order.index(15)] = [8, 9]
+    order[order.index(27):order.index(27)] = [20, 21]
+    for i in order:
+        assert reader.read(i * MiB, MiB) == data[i * MiB:(i + 1) * MiB], i
+    reader.close()
+    assert backend.calls.get("stream") == 1
+    # the first late chunks by range; the window then keeps that much behind, so the
+    # next ones as late come from it
+    assert backend.calls.get("read") == 2
