@@ -17,13 +17,14 @@ catches up with it.  The kernel sends concurrent, possibly reordered reads for o
 sequential reader, so the window is addressed by offset, keeps a little data behind
 the furthest read, and a read ahead of the fetched part waits for it instead of
 opening a new request; a read whose bytes were trimmed away while it waited (by a
-read further ahead) falls back to a ranged read.  So does a read behind the window
-(a straggler of the kernel's read-ahead, which keeps up to ``read_ahead_kb`` of reads
+read further ahead) falls back to a ranged read.  So does a read a little behind the
+window (a straggler of the kernel's read-ahead, which keeps up to ``read_ahead_kb`` of reads
 in flight: with 4 MiB, some came more than KEEP_BEHIND late), without counting
 against the stream; and the window keeps that much more behind from then on (up to
 KEEP_BEHIND_MAX), so the next stragglers find their bytes (a sequential read of 1 GiB
-with read_ahead_kb 4096: 64-311 GETs before, 4 now).  Reads far ahead of the window
-count as misses; two in a row close the stream (the reader has become random).
+with read_ahead_kb 4096: 64-311 GETs before, 4 now).  Reads far ahead of the window,
+or further behind than KEEP_BEHIND_MAX, count as misses; two in a row close the
+stream (the reader has become random).
 
 Cost per byte matters here (a FUSE read path in Python is CPU-bound): chunks are
 CHUNK (1 MiB, the largest kernel read) and aligned to multiples of it, each one a
@@ -192,13 +193,14 @@ class Prefetch:
             return data
 
     def behind(self, offset: int) -> bool:
-        """Is ``offset`` before the bytes still held (the window has moved past it)?
-        Then the window keeps enough behind for a read that late from now on."""
+        """Is ``offset`` a late read: before the bytes still held, by no more than the
+        kernel's read-ahead can lag (KEEP_BEHIND_MAX)?  Then the window keeps enough
+        behind for a read that late from now on.  A read further back is a seek."""
         with self._cond:
-            if offset >= self.lo:
-                return False
             late = self._read_max - offset + CHUNK
-            self.keep_behind = min(KEEP_BEHIND_MAX, max(self.keep_behind, late))
+            if offset >= self.lo or late > KEEP_BEHIND_MAX:
+                return False
+            self.keep_behind = max(self.keep_behind, late)
             return True
 
     def _extract(self, offset: int, end: int) -> bytes:

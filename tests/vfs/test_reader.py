@@ -102,3 +102,19 @@ def test_late_reads_behind_the_window_do_not_restart_the_stream():
     # the first late chunks by range; the window then keeps that much behind, so the
     # next ones as late come from it
     assert backend.calls.get("read") == 2
+
+
+def test_reads_far_behind_the_window_are_seeks_that_end_the_stream():
+    """A read further back than any kernel read-ahead lags is the reader seeking (it
+    has become random): two in a row close the stream, as reads far ahead do."""
+    data = os.urandom(40 * MiB)
+    backend, reader = make(data)
+    for i in range(30):
+        reader.read(i * MiB, MiB)
+    assert reader._prefetch is not None
+    assert reader.read(2 * MiB, 4096) == data[2 * MiB:2 * MiB + 4096]
+    assert reader._prefetch is not None  # one miss
+    assert reader.read(5 * MiB, 4096) == data[5 * MiB:5 * MiB + 4096]
+    assert reader._prefetch is None  # two: the stream is closed
+    reader.close()
+    assert backend.calls.get("stream") == 1 and backend.calls.get("read") == 2
