@@ -32,13 +32,13 @@ import stat as st
 import struct
 import threading
 import time
-from collections import OrderedDict
 
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 
 import mfusepy as fuse  # noqa: E402  (needs FUSE_LIBRARY_NAME first)
 
 from agavefs.errors import to_errno  # noqa: E402
+from agavefs.vfs.memo import SizedLRU  # noqa: E402
 
 log = logging.getLogger("agavefs.fuse")
 
@@ -310,7 +310,7 @@ class AgaveFUSE(fuse.FUSE):
 
     def __init__(self, *args, **kwargs):
         self._packed_lock = threading.Lock()
-        self._packed_dirs: OrderedDict[int, _PackedDir] = OrderedDict()  # id(entries) -> packed
+        self._packed_dirs = packed_memo()  # id(entries) -> _PackedDir
         super().__init__(*args, **kwargs)  # runs the session
 
     def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
@@ -330,17 +330,18 @@ class AgaveFUSE(fuse.FUSE):
         with self._packed_lock:
             hit = self._packed_dirs.get(key)
             if hit is not None and hit.entries is entries:
-                self._packed_dirs.move_to_end(key)
                 return hit
         packed = _PackedDir(entries, self.encoding, self.errors)
         with self._packed_lock:
-            self._packed_dirs.pop(key, None)
-            self._packed_dirs[key] = packed
-            total = sum(len(p.names) for p in self._packed_dirs.values())
-            while len(self._packed_dirs) > 1 and (len(self._packed_dirs) > PACKED_DIRS
-                                                  or total > PACKED_ENTRIES):
-                total -= len(self._packed_dirs.popitem(last=False)[1].names)
+            self._packed_dirs.put(key, packed)
         return packed
+
+
+def packed_memo() -> SizedLRU:
+    """The adapter's packed readdir answers: PACKED_DIRS, PACKED_ENTRIES in all, and
+    always the newest (else a directory larger than that is packed again for every
+    readdir upcall of one listing)."""
+    return SizedLRU(PACKED_DIRS, PACKED_ENTRIES, size=lambda p: len(p.names), keep_newest=True)
 
 
 class _PackedDir:

@@ -37,11 +37,12 @@ import posixpath
 import stat as st
 import threading
 import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 
 from agavefs.errors import (AgaveFSError, InvalidArgument, IsADirectory, NameTooLong, NotADirectory,
                             NotFound, PermissionDenied, ReadOnly, TimedOut, Unsupported)
 from agavefs.vfs.backend import Backend, Entry
+from agavefs.vfs.memo import SizedLRU
 from agavefs.vfs.metadata import ABSENT, MetaCache
 from agavefs.vfs.namespace import NamespaceOps
 from agavefs.vfs.nodes import BLOCK, FileNode, Handle
@@ -90,7 +91,8 @@ class VFS(NamespaceOps, WriteOps):
                                    staging_timeout=opts.staging_timeout)
         self._flights: dict[str, _Flight] = {}  # listings in flight; protected by lock
         self._readdir_lock = threading.Lock()
-        self._readdirs: OrderedDict[str, DirEntries] = OrderedDict()  # readdir's last answers
+        # readdir's last answers (a directory over READDIR_KEPT_ENTRIES is not kept)
+        self._readdirs: SizedLRU[DirEntries] = SizedLRU(READDIR_KEPT, READDIR_KEPT_ENTRIES)
         self.walk = WalkAhead(self._list_ahead, opts.walk_ahead) if opts.walk_ahead > 0 else None
         self.siblings = SiblingPrefetch(lambda path, size: self.backend.read(path, 0, size, size),
                                         self.meta.peek_listing, ahead=opts.prefetch_files,
@@ -301,9 +303,7 @@ class VFS(NamespaceOps, WriteOps):
         basis = (listing.me, kids, local)
         with self._readdir_lock:
             out = self._readdirs.get(path)
-            if out is not None and out.basis == basis:
-                self._readdirs.move_to_end(path)
-            else:
+            if out is not None and out.basis != basis:
                 out = None
         if out is None:
             entries = {name: e for name, e in kids.items() if not is_temp_name(name)}
@@ -311,23 +311,12 @@ class VFS(NamespaceOps, WriteOps):
             out = DirEntries([(".", self.attr_of(listing.me)), ("..", None)])
             out.extend((name, self.attr_of(e)) for name, e in entries.items())
             out.basis = basis
-            self._remember_readdir(path, out)
+            with self._readdir_lock:
+                self._readdirs.put(path, out)
         if self.walk is not None:
             self.walk.entered(path, lambda: self._unlisted_subdirs(path, listing)
                               + self._unlisted_subdirs(posixpath.dirname(path)))
         return out
-
-    def _remember_readdir(self, path: str, out: "DirEntries") -> None:
-        """Keep the last entries of a few directories (READDIR_KEPT, READDIR_KEPT_ENTRIES
-        in all; the oldest go first)."""
-        with self._readdir_lock:
-            self._readdirs.pop(path, None)
-            if len(out) > READDIR_KEPT_ENTRIES:
-                return
-            self._readdirs[path] = out
-            total = sum(len(v) for v in self._readdirs.values())
-            while len(self._readdirs) > READDIR_KEPT or total > READDIR_KEPT_ENTRIES:
-                total -= len(self._readdirs.popitem(last=False)[1])
 
     def _unlisted_subdirs(self, path: str, listing=None) -> list[str]:
         """The subdirectories of ``path`` (from its cached listing) whose own listing is

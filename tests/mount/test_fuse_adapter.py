@@ -71,7 +71,7 @@ class _Ops:
 
 def _adapter(entries) -> AgaveFUSE:
     fs = object.__new__(AgaveFUSE)  # its __init__ would run a session
-    fs._packed_lock, fs._packed_dirs = fuse_ops.threading.Lock(), fuse_ops.OrderedDict()
+    fs._packed_lock, fs._packed_dirs = fuse_ops.threading.Lock(), fuse_ops.packed_memo()
     fs.operations, fs.encoding, fs.errors = _Ops(entries), "utf-8", "surrogateescape"
     return fs
 
