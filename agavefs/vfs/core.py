@@ -552,9 +552,11 @@ class VFS(NamespaceOps, WriteOps):
         """Wait until the server has every file written; with ``settle``, also until
         their spool files are gone (an unmount leaves that to ``close``, which it runs
         anyway: it need not wait for the unlinks before it unmounts)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         done = self.writeback.drain(progress, timeout)
         if done and settle:
-            self.store.settle()
+            left = 30.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            done = self.store.settle(left)
         return done
 
     def status(self) -> dict:

@@ -53,7 +53,7 @@ log = logging.getLogger("agavefs.vfs")
 
 CHUNK = 1024 * 1024  # also the largest FUSE read (max_pages 256): one chunk per kernel request
 KEEP_BEHIND = 4 * 1024 * 1024  # kept behind the furthest read, at first
-KEEP_BEHIND_MAX = 16 * 1024 * 1024  # ... and at most, after late reads (behind())
+KEEP_BEHIND_MAX = 16 * 1024 * 1024  # ... and at most, after late reads (note_late_read)
 # the kernel re-sends a failed read-ahead at once as a plain read of the same offset:
 # a read that just timed out fails again at once for this long instead of waiting
 # out a second op_timeout (so a read(2) on a silent server ends within op_timeout)
@@ -192,7 +192,7 @@ class Prefetch:
                 self._cond.notify_all()  # room for the filler
             return data
 
-    def behind(self, offset: int) -> bool:
+    def note_late_read(self, offset: int) -> bool:
         """Is ``offset`` a late read: before the bytes still held, by no more than the
         kernel's read-ahead can lag (KEEP_BEHIND_MAX)?  Then the window keeps enough
         behind for a read that late from now on.  A read further back is a seek."""
@@ -309,7 +309,7 @@ class RemoteReader:
                     self._misses = 0
                     self._last_end = offset + size
                 return data
-        straggler = prefetch is not None and prefetch.behind(offset)
+        straggler = prefetch is not None and prefetch.note_late_read(offset)
         data = self.backend.read(self.path, offset, size, self.size)
         with self._lock:
             if self._prefetch is not None and not straggler:
