@@ -182,9 +182,6 @@ def build_vfs(args, system, path):
     server = known_servers.server_key(client.base_url, creds.username, client.system_id)
     client.learn_listing_pages(known_servers.load(server).get("listing_pages"))
     backend = AgaveBackend(client, root)
-    me = backend.stat("/")
-    if not me.is_dir:
-        raise AgaveFSError(f"{client.system_id}:{root} is a file, not a folder")
     cache_dir = args.cache_dir or default_cache_dir(creds.username, client.base_url, client.system_id, root)
     opts = Options(attr_ttl=args.attr_ttl, dir_ttl=args.dir_ttl, negative_ttl=args.negative_ttl,
                    uid=args.uid, gid=args.gid, umask=args.umask, read_only=args.read_only,
@@ -199,6 +196,14 @@ def build_vfs(args, system, path):
         opts.cache_dir = cache_dir
     vfs = VFS(backend, opts, cache_dir)
     vfs.lock_file = lock
+    # the root's lookup, cached as the kernel's first one will want it (with the entries
+    # it brings along: for a small folder, its listing)
+    try:
+        if not vfs.getattr("/")["st_mode"] & 0o040000:
+            raise AgaveFSError(f"{client.system_id}:{root} is a file, not a folder")
+    except BaseException:
+        vfs.close()
+        raise
     info = {"system": client.system_id, "path": root, "base_url": client.base_url,
             "username": creds.username, "cache_dir": cache_dir}
     return vfs, backend, info

@@ -304,17 +304,25 @@ class AgaveClient(ReadOps, StagingOps):
         return parent[0], children
 
     def stat_with_children(self, path: str, children: int, *, deadline: float | None = None
-                           ) -> tuple[RemoteEntry, list[RemoteEntry]]:
+                           ) -> tuple[RemoteEntry, list[RemoteEntry], bool]:
         """``stat`` in one request that also brings up to ``children`` of a directory's
-        entries (the first page of its listing; none for a file).  Not the whole listing:
-        what is missing from it says nothing."""
+        entries (the first page of its listing; none for a file), and whether they are
+        all of them.  They are when the page is the listing's end by the rules of
+        ``list`` (paging.py: a page shorter than asked, and not one the server may have
+        cut at its cap; this can cost the one check of a hint, which the directory's
+        listing would have made).  Otherwise it is not the whole listing: what is
+        missing from it says nothing."""
         sp = SysPath.parse(path)
-        page = self._list_fetcher(sp, "stat", deadline)(0, max(1, children + 1))
+        limit = max(1, children + 1)
+        page = self._list_fetcher(sp, "stat", deadline)(0, limit)
         if not page:
             raise ProtocolError(f"GET {self._label(sp)}: empty listing")
-        self._list_caps.seen(len(page), (str(sp), 0))  # a page that long: paging.py
         me = self._self_entry(sp, page[0])
-        return me, (self._children(sp, me, page[1:children + 1]) if me.is_dir else [])
+        if not me.is_dir:
+            self._list_caps.seen(len(page), (str(sp), 0))  # a page that long: paging.py
+            return me, [], False
+        more, _ = self._list_caps.maybe_more(len(page), limit, (str(sp), 0))
+        return me, self._children(sp, me, page[1:children + 1]), not more
 
     def _children(self, sp: SysPath, me: RemoteEntry, raw: list,
                   convert: Callable[[RemoteEntry], object] | None = None) -> list:

@@ -60,9 +60,9 @@ class AgaveBackend:
     def stat(self, path: str) -> Entry:
         return self._entry(self.client.stat(self.remote(path)), posixpath.basename(path) or "/")
 
-    def stat_with_children(self, path: str, children: int) -> tuple[Entry, list[Entry]]:
-        me, kids = self.client.stat_with_children(self.remote(path), children)
-        return self._entry(me, posixpath.basename(path) or "/"), [self._entry(c, c.name) for c in kids]
+    def stat_with_children(self, path: str, children: int) -> tuple[Entry, list[Entry], bool]:
+        me, kids, complete = self.client.stat_with_children(self.remote(path), children)
+        return self._entry(me, posixpath.basename(path) or "/"), [self._entry(c, c.name) for c in kids], complete
 
     def list(self, path: str) -> tuple[Entry, list[Entry]]:
         me, children = self.client.list(self.remote(path), lambda c: self._entry(c, c.name))

@@ -50,9 +50,10 @@ class Backend(Protocol):
 
     def stat(self, path: str) -> Entry: ...
 
-    def stat_with_children(self, path: str, children: int) -> tuple[Entry, list[Entry]]:
-        """``stat`` that also brings up to ``children`` entries of a directory (some of
-        them: not a listing).  One request, as a stat."""
+    def stat_with_children(self, path: str, children: int) -> tuple[Entry, list[Entry], bool]:
+        """``stat`` that also brings up to ``children`` entries of a directory, and
+        whether they are all of them (then they are its listing; else some of them,
+        and a name missing says nothing).  One request, as a stat."""
         ...
 
     def list(self, path: str) -> tuple[Entry, list[Entry]]: ...

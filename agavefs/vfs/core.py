@@ -146,15 +146,18 @@ class VFS(NamespaceOps, WriteOps):
             fetch = self.meta.begin_stat(path)
             watch = self.meta.watch_listing(path)  # for the children the stat brings along
             try:
-                entry, kids = self.backend.stat_with_children(path, LOOKUP_CHILDREN)
+                entry, kids, whole = self.backend.stat_with_children(path, LOOKUP_CHILDREN)
             except NotFound:
-                entry, kids = None, []
+                entry, kids, whole = None, [], False
             except BaseException:
                 self.meta.end(fetch)
                 self.meta.end(watch)
                 raise
             known = self.meta.put_stat(fetch, entry)  # a change made meanwhile wins
-            self.meta.put_children(watch, path, kids if known is entry else [])
+            if whole and known is entry:  # a small directory: the stat was its listing
+                self.meta.put_listing(path, entry, kids, watch)
+            else:
+                self.meta.put_children(watch, path, kids if known is entry else [])
             if known is ABSENT:
                 raise NotFound(path)
             if known is not None:

@@ -220,8 +220,9 @@ class MetaCache:
                     self._attrs[child] = entry
 
     def _note(self, path: str, entry: Entry | None) -> None:
-        """Call with _lock held: a child changed through the mount."""
-        if self._fetches:
+        """Call with _lock held: a child changed through the mount (the root is no one's
+        child: not even its own, which ``split`` would make it)."""
+        if self._fetches and path != "/":
             parent, name = posixpath.split(path)
             for fetch in self._fetches.get(parent, ()):
                 fetch.changes.append((name, entry))

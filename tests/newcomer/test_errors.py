@@ -56,6 +56,8 @@ def cases(base: Path, emu_url: str, dead_url: str, busy_port: int = 1) -> dict:
                            ["unknown storage system 'nosuch.system'", "check its id"]),
         "unknown path": (["mount", "local.storage:/no/such/folder", empty("d")], "ok", None, 1,
                          ["local.storage:/no/such/folder does not exist", "check the path"]),
+        "path is a file": (["mount", "local.storage:/home/demo/a-file.txt", empty("l")], "ok", None, 1,
+                           ["local.storage:/home/demo/a-file.txt is a file, not a folder"]),
         "unreachable server": (["mount", empty("e"), "--op-timeout", "3"], "dead", None, 1,
                                [f"cannot reach {dead_url}", "connection refused"]),
         "credentials readable by others": (["mount", empty("f")], "loose", None, 1, ["chmod 600"]),
@@ -109,6 +111,7 @@ def results(tmp_path_factory):
         (base / "full" / "mine.txt").write_text("mine")
         home = base / "home"
         home.mkdir()
+        (emu.home() / "a-file.txt").write_text("not a folder")
         table = cases(base, emu.url, dead_url, busy.getsockname()[1])
         for argv, *_ in table.values():
             if argv[0] == "mount" or argv[0] in ("status", "umount"):

@@ -39,6 +39,7 @@ class GatedBackend(MemoryBackend):
         self.listing_taken = threading.Event()
         self.staging_gate: threading.Event | None = None
         self.staging_waiting = threading.Event()
+        self.gate_stats = False
 
     def list(self, path):
         result = super().list(path)
@@ -47,6 +48,19 @@ class GatedBackend(MemoryBackend):
             self.listing_taken.set()
             assert self.gate.wait(10)
         return result
+
+    def stat_with_children(self, path, children):
+        """As for a large directory (its entries are not all brought along): a readdir
+        lists it with ``list`` (gated above).  With ``gate_stats``, a stat that does bring
+        all of them (the directory's listing) is gated like ``list``."""
+        me, kids, whole = super().stat_with_children(path, children)
+        if not self.gate_stats:
+            return me, kids, False
+        if path == self.gated_dir and whole:
+            self.gated_dir = None
+            self.listing_taken.set()
+            assert self.gate.wait(10)
+        return me, kids, whole
 
     def staging_state(self, path, size):
         gate = self.staging_gate
@@ -92,6 +106,29 @@ def test_upload_landing_during_a_listing_is_not_hidden(make_vfs):
     assert out["names"] == ["new.txt", "old.txt"]
     assert names(vfs, "/d") == ["new.txt", "old.txt"]  # the cached listing too
     assert vfs.getattr("/d/new.txt")["st_size"] == len(b"closed before the listing came back")
+
+
+@pytest.mark.parametrize("change", ["upload", "delete"])
+def test_a_change_during_a_lookup_that_lists_a_small_directory_is_kept(make_vfs, change):
+    """The lookup of a small directory is its listing (its stat brings all its entries):
+    a change made through the mount while that stat is in flight wins over its answer,
+    as over a listing's."""
+    backend = GatedBackend()
+    backend.gate_stats = True
+    backend.put("/d/old.txt", b"old")
+    vfs = make_vfs(backend, dir_ttl=60, negative_ttl=5)
+    t, out = _listing_in_flight(vfs, backend, "/d")
+    if change == "upload":
+        write(vfs, "/d/new.txt", b"closed before the stat came back")
+        assert vfs.drain(timeout=10)
+    else:
+        vfs.unlink("/d/old.txt")
+    backend.gate.set()
+    t.join(10)
+    expected = ["new.txt", "old.txt"] if change == "upload" else []
+    assert out["names"] == expected
+    assert names(vfs, "/d") == expected  # the cached listing too
+    assert backend.calls.get("list", 0) == 0
 
 
 def test_delete_during_a_listing_is_not_undone(make_vfs):

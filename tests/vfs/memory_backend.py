@@ -81,11 +81,12 @@ class MemoryBackend:
             return self._entry(path)
 
     def stat_with_children(self, path, children):
-        """One stat (counted as one) that brings the first ``children`` entries too."""
+        """One stat (counted as one) that brings the first ``children`` entries too,
+        and whether they are all of them."""
         self._call("stat")
         with self.lock:
             me, kids = self._listed(path)
-            return me, kids[:children]
+            return me, kids[:children], me.is_dir and len(kids) <= children
 
     def list(self, path):
         self._call("list")

@@ -481,6 +481,26 @@ def test_a_lookup_of_a_directory_brings_its_first_entries_along(backend, make_vf
     assert [n for n, _ in vfs.readdir("/d")][2:] == sorted(f"f{i:03d}" for i in range(150))
 
 
+def test_the_lookup_of_a_small_directory_is_its_listing(backend, make_vfs):
+    """A directory whose entries all came with its stat is listed by it: reading it
+    costs no request, and a name missing from it is absent without one (as in a
+    listing young enough to prove absence).  A directory larger than the stat's page
+    is still listed when read (the test above)."""
+    for i in range(5):
+        backend.put(f"/d/f{i}", b"x" * i)
+    backend.mkdir("/d/sub")
+    backend.calls.clear()
+    vfs = make_vfs(backend, negative_ttl=60)
+    assert vfs.getattr("/d")["st_nlink"] == 2
+    assert backend.calls == {"stat": 1}
+    assert [n for n, _ in vfs.readdir("/d")][2:] == ["f0", "f1", "f2", "f3", "f4", "sub"]
+    assert vfs.getattr("/d/f3")["st_size"] == 3
+    with pytest.raises(AgaveFSError) as exc:
+        vfs.getattr("/d/zzz")
+    assert exc.value.errno == errno.ENOENT
+    assert backend.calls == {"stat": 1}
+
+
 @pytest.mark.parametrize("change", ["unlink", "rename", "overwrite"])
 def test_entries_brought_by_a_stat_never_undo_a_change_made_meanwhile(backend, make_vfs, change):
     """The stat's answer was taken before the mount changed a child: the mount's change
@@ -561,3 +581,4 @@ def test_readdir_keeps_few_answers(backend, make_vfs):
     assert len(vfs._readdirs) == core.READDIR_KEPT
     assert vfs.readdir(f"/d{core.READDIR_KEPT + 3}") is outs[-1]
     assert vfs.readdir("/d0") is not outs[0] and vfs.readdir("/d0") == outs[0]
+
