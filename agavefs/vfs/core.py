@@ -84,6 +84,9 @@ class VFS(NamespaceOps, WriteOps):
         self.nodes: dict[str, FileNode] = {}  # protected by lock
         self._child_nodes: dict[str, set[str]] = defaultdict(set)  # parent -> names; protected by lock
         self.handles: dict[int, Handle] = {}  # protected by lock
+        # remote files unlinked or renamed over, kept aside for the descriptors still
+        # reading them: path -> journal record (namespace.py); protected by lock
+        self._asides: dict[str, str] = {}
         self._fh = itertools.count(1)
         self.store = SpoolStore(spool_dir, opts.cache_max_size, fsync=opts.fsync_spool)
         self.budget = ReadBudget(opts.readahead_total)
@@ -549,6 +552,8 @@ class VFS(NamespaceOps, WriteOps):
             with self.lock:
                 handle.node.readers -= 1
                 self._maybe_forget(handle.node)
+        if self._asides:
+            self._done_with(handle)
 
     # ------------------------------------------------------------------ lifecycle
     def drain(self, progress=None, timeout: float | None = None, settle: bool = True) -> bool:

@@ -20,12 +20,13 @@ import functools
 import logging
 import posixpath
 import time
+import uuid
 
 from agavefs.errors import (AgaveFSError, AlreadyExists, InvalidArgument, IsADirectory, NotADirectory,
                             NotEmpty, NotFound, PermissionDenied, ProtocolError, Transient, Unsupported)
 from agavefs.vfs.backend import Entry
 from agavefs.vfs.nodes import BLOCK, FileNode, is_trash_name
-from agavefs.vfs.writeback import is_temp_name, replace_remote
+from agavefs.vfs.writeback import is_temp_name, replace_remote, temp_path
 
 log = logging.getLogger("agavefs.vfs")
 
@@ -128,7 +129,7 @@ class NamespaceOps:
                 raise IsADirectory(path)
             if not entry.writable:
                 raise PermissionDenied(path)
-            self.backend.delete(path)
+            self._remove_remote(path)
             self.meta.removed(path)
             with self.lock:
                 self._orphan_readers(path)
@@ -144,7 +145,7 @@ class NamespaceOps:
                 self.writeback.cancel(job)
             if remote is not False:
                 try:
-                    self.backend.delete(path)
+                    self._remove_remote(path)
                 except NotFound:
                     pass
         self.meta.removed(path)
@@ -196,6 +197,8 @@ class NamespaceOps:
                     # it): a plain remote file now, its node forgotten; do not bring it back
                     src_node = None
             dst_remote = dst_exists
+            with self.lock:  # descriptors still reading the file being replaced from the server
+                users = self._users_of_remote(new) if dst_exists else []
             if dst_node is not None:
                 with self.lock:
                     dst_node.deleted = True
@@ -207,15 +210,31 @@ class NamespaceOps:
                     self.writeback.cancel(job)
             src_remote = src_node is None or src_node.remote_exists is not False
             if src_remote:
+                noted: list[str] = []
                 try:
-                    aside = replace_remote(self.backend, old, new)
+                    aside = replace_remote(self.backend, old, new,
+                                           (lambda a: noted.append(self._note_aside(a))) if users else None)
                 except NotFound:
+                    self._forget_notes(noted)
                     if src_node is None:
                         raise
                     src_remote = False  # only the pending version exists
                     aside = None
-                if aside:
+                except BaseException:
+                    self._forget_notes(noted)  # the old version is back in place (or logged)
+                    raise
+                if aside and noted:
+                    with self.lock:
+                        self._keep_aside(aside, noted[0], users)
+                elif aside:
                     self._delete_quietly(aside)
+            if not src_remote and dst_remote and users:
+                # the pending version is uploaded in place of the file there later: the
+                # descriptors open on that file keep it aside from now on
+                try:
+                    self._remove_remote(new)
+                except NotFound:
+                    pass
             if src_node is not None:
                 with self.lock:
                     self._drop_node(src_node)
@@ -234,6 +253,102 @@ class NamespaceOps:
         self.meta.removed(old)
         self.meta.put(new, Entry(posixpath.basename(new), False, src.size, src.mtime, src.readable,
                                  src.writable))
+
+    # -- a remote file that goes while open (unlink, rename over) -----------------------
+    # POSIX keeps a file that was unlinked or renamed over alive for the descriptors open
+    # on it.  Those that read it from the server (a reader, or a writer whose copy of it
+    # is not fetched yet) would find another file, or none, under its name: the server's
+    # copy is moved aside to a hidden name instead of being deleted, the descriptors
+    # follow it there, and the last one to close deletes it (NFS's "silly rename").  A
+    # journal record (a tombstone) names it meanwhile: the next mount deletes it if this
+    # one dies first.
+
+    def _users_of_remote(self, path: str) -> list:
+        """Call with lock held: the open descriptors that read the remote file at ``path``
+        from the server: its readers, and those of a node whose copy of it is not
+        fetched yet (opened for writing, not written)."""
+        return [h for h in self.handles.values() if h.entries is None and (
+            (h.node is None and h.reader is not None and h.path == path and not h.orphan)
+            or (h.node is not None and h.node.path == path and h.node.base_pending))]
+
+    def _remove_remote(self, path: str) -> None:
+        """Delete the remote file at ``path``, or move it aside while descriptors still
+        read it from the server."""
+        with self.lock:
+            users = self._users_of_remote(path)
+        if not users:
+            self.backend.delete(path)
+            return
+        aside = temp_path(posixpath.dirname(path))
+        record = self._note_aside(aside)
+        try:
+            self.backend.rename(path, posixpath.basename(aside))
+        except BaseException:
+            self._forget_notes([record])
+            raise
+        with self.lock:
+            self._keep_aside(aside, record, users)
+
+    def _note_aside(self, aside: str, record: str | None = None) -> str | None:
+        """Journal ``aside`` as a tombstone (the next mount deletes it); its record id.
+        A journal that cannot be written only risks a hidden leftover: None, going on."""
+        record = record or f"aside-{uuid.uuid4().hex[:16]}"
+        try:
+            self.store.write_record({"id": record, "path": aside, "cancelled": True, "leftovers": [aside]})
+        except OSError as exc:
+            log.warning("could not journal %s (%s); going on", aside, exc)
+            return None
+        return record
+
+    def _forget_notes(self, records: list) -> None:
+        for record in records:
+            if record is not None:
+                self.store.remove_record(record)
+
+    def _keep_aside(self, aside: str, record: str, users: list) -> None:
+        """Call with lock held: the remote file ``users`` read is at ``aside`` now."""
+        for h in users:
+            if h.node is not None:
+                h.node.path = aside  # a deleted node: its copy is fetched from there
+            else:
+                h.path = h.reader.path = aside
+        self._asides[aside] = record
+        log.info("%d open descriptor(s) keep the replaced or deleted file at %s until closed",
+                 len(users), aside)
+
+    def _done_with(self, handle) -> None:
+        """``handle`` was closed: the last descriptor of a file kept aside deletes it."""
+        with self.lock:
+            path = handle.node.path if handle.node is not None else handle.path
+            if path not in self._asides or any(h.entries is None and (h.path == path or (
+                    h.node is not None and h.node.path == path)) for h in self.handles.values()):
+                return
+            record = self._asides.pop(path)
+        try:
+            self.backend.delete(path)
+        except NotFound:
+            pass
+        except Exception as exc:  # noqa: BLE001 - a hidden leftover; its tombstone stays
+            log.warning("could not delete %s (kept for descriptors now closed): %s", path, exc)
+            return
+        self._forget_notes([record])
+
+    def _move_asides(self, old: str, new: str) -> list[tuple[str, str]]:
+        """Call with lock held: the directory ``old`` is now ``new``, with the files kept
+        aside in it (their readers follow with ``_move_readers``).  Returns the journal
+        records to rewrite, (new path, record id), for the caller to write unlocked."""
+        prefix = old.rstrip("/") + "/"
+        rewrites = []
+        for aside in [a for a in self._asides if a.startswith(prefix)]:
+            moved = new + aside[len(old):]
+            record = self._asides.pop(aside)
+            self._asides[moved] = record
+            if record is not None:
+                rewrites.append((moved, record))
+            for h in self.handles.values():
+                if h.node is not None and h.node.path == aside:
+                    h.node.path = moved
+        return rewrites
 
     def _rename_dir(self, old: str, new: str, src: Entry, dst_exists: bool) -> None:
         prefix = old.rstrip("/") + "/"
@@ -285,6 +400,9 @@ class NamespaceOps:
             self._delete_if_empty(aside)
         with self.lock:
             self._move_readers(old, new)
+            rewrites = self._move_asides(old, new)
+        for moved, record in rewrites:
+            self._note_aside(moved, record)
         self.meta.removed(old)
         self.meta.forget(new)
         self.meta.put(new, Entry(posixpath.basename(new), True, src.size, src.mtime, src.readable,

@@ -425,3 +425,34 @@ def test_umount_of_a_large_file_leaves_nothing_behind(mnt, emu):
     assert not list((mnt.cache_dir / "data").iterdir())
     assert not list((mnt.cache_dir / "journal").iterdir())
     assert not (mnt.cache_dir / "lost+found").exists()
+
+
+def test_a_file_renamed_over_or_deleted_while_open_lives_on_for_its_descriptors(mount_factory, emu):
+    """POSIX, as the model test found it broken: descriptors opened on a server file
+    before it was renamed over (an editor's save, `mv`) or unlinked keep reading it, and
+    one opened for writing changes its own copy; nothing of it reaches the file that took
+    the name, and nothing is left on the server once they are closed."""
+    old = bytes(range(256)) * 4096  # 1 MiB: more than one read-ahead of the kernel
+    (emu.home() / "a.txt").write_bytes(old)
+    (emu.home() / "d.txt").write_bytes(b"D" * 100)
+    (emu.home() / "gone.bin").write_bytes(old[::-1])
+    m = mount_factory(emu)
+    rfd = os.open(m.path / "a.txt", os.O_RDONLY)
+    wfd = os.open(m.path / "a.txt", os.O_RDWR)
+    gfd = os.open(m.path / "gone.bin", os.O_RDONLY)
+    try:
+        assert os.pread(rfd, 4096, 0) == old[:4096]
+        os.rename(m.path / "d.txt", m.path / "a.txt")
+        os.unlink(m.path / "gone.bin")
+        os.ftruncate(wfd, 1955)
+        assert os.pread(wfd, 4000, 0) == old[:1955]
+        assert os.pread(rfd, len(old), 0) == old[:1955]  # the same file, truncated
+        assert os.pread(gfd, len(old), 0) == old[::-1]
+        assert (m.path / "a.txt").read_bytes() == b"D" * 100
+        assert sorted(os.listdir(m.path)) == ["a.txt"]
+    finally:
+        for fd in (rfd, wfd, gfd):
+            os.close(fd)
+    finish(m)
+    assert sorted(p.name for p in emu.home().iterdir()) == ["a.txt"]  # nothing hidden left
+    assert (emu.home() / "a.txt").read_bytes() == b"D" * 100
