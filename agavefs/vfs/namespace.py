@@ -324,14 +324,8 @@ class NamespaceOps:
                     h.node is not None and h.node.path == path)) for h in self.handles.values()):
                 return
             record = self._asides.pop(path)
-        try:
-            self.backend.delete(path)
-        except NotFound:
-            pass
-        except Exception as exc:  # noqa: BLE001 - a hidden leftover; its tombstone stays
-            log.warning("could not delete %s (kept for descriptors now closed): %s", path, exc)
-            return
-        self._forget_notes([record])
+        if self._delete_quietly(path):  # else its tombstone stays, for the next mount
+            self._forget_notes([record])
 
     def _move_asides(self, old: str, new: str) -> list[tuple[str, str]]:
         """Call with lock held: the directory ``old`` is now ``new``, with the files kept
@@ -426,9 +420,14 @@ class NamespaceOps:
         except Exception as exc:  # noqa: BLE001 - a hidden empty leftover, not data
             log.warning("could not delete the replaced directory at %s: %s", path, exc)
 
-    def _delete_quietly(self, path: str) -> None:
+    def _delete_quietly(self, path: str) -> bool:
+        """Delete a hidden old version; False (logged) when it may still be there."""
         try:
             self.backend.delete(path)
+        except NotFound:
+            pass
         except Exception as exc:  # noqa: BLE001 - a hidden leftover, not data
             log.warning("could not delete the old version at %s: %s", path, exc)
+            return False
+        return True
 
