@@ -17,7 +17,8 @@ What it does (issue 7)
 3. Tools: ``agavefs`` (``agavefs mount --foreground`` in a subprocess, default
    options), ``direct`` (plain ``requests`` against the same server: streamed GET,
    streamed multipart upload with requests-toolbelt then waiting for staging by
-   history and listing, paged listings of 500, ranged GETs; the 1,000 small uploads
+   history and listing, paged listings as the mount asks for them (pages of
+   ``LIST_PAGE``, fields ``LIST_FIELDS``), ranged GETs; the 1,000 small uploads
    on 4 parallel connections = the mount's --upload-workers default), and with
    ``--peers`` ``rclone`` (``rclone mount`` over ``rclone serve webdav`` of the same
    directory) and ``sshfs`` (over a private sshd on loopback).  At ``--latency`` > 0
@@ -66,11 +67,13 @@ import requests
 from requests_toolbelt import MultipartEncoder
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.append(str(REPO))  # after PYTHONPATH: an A/B run may put another tree first
+# the direct client pages listings as the mount does: the same page size and field projection
+from agavefs.client.api import LIST_FIELDS, LIST_PAGE as PAGE  # noqa: E402
 MiB = 1 << 20
 ALL_WORKLOADS = ["read256", "read1g", "ttfb", "random4k", "write256", "small1000", "ls10k", "find", "du",
                  "catsmall"]
 TOOLS = ["agavefs", "direct", "rclone", "sshfs"]
-PAGE = 500  # listing page of the direct client (the agavefs client's page size)
 UPLOAD_WORKERS = 4  # the mount's --upload-workers default
 
 FULL = dict(big256=256 * MiB, big1g=1024 * MiB, dir_files=10_000, dir_file_size=100, small_files=1000,
@@ -340,7 +343,8 @@ class Direct:
     def listing(self, rel: str) -> list[dict]:
         s, out, offset = self.session(), [], 0
         while True:
-            r = s.get(self._u("listings", rel), params={"offset": offset, "limit": PAGE}, timeout=60)
+            r = s.get(self._u("listings", rel), params={"offset": offset, "limit": PAGE, "filter": LIST_FIELDS},
+                      timeout=60)
             r.raise_for_status()
             page = r.json()["result"]
             out.extend(page)

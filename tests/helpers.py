@@ -23,6 +23,19 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 
 
+def paging(query: str) -> str:
+    """A listing request's query without the field projection that every listing of the
+    client carries (``filter``, checked to be ``LIST_FIELDS``): its paging, in order,
+    e.g. "offset=0&limit=100"."""
+    from urllib.parse import parse_qsl
+
+    from agavefs.client.api import LIST_FIELDS
+
+    pairs = parse_qsl(query, keep_blank_values=True)
+    assert [v for k, v in pairs if k == "filter"] == [LIST_FIELDS], query
+    return "&".join(f"{k}={v}" for k, v in pairs if k != "filter")
+
+
 def agavefs_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "agavefs", *args]
 

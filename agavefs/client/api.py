@@ -24,6 +24,18 @@ known:
   An answer naming another file than the one sent is a ProtocolError at once
   (waiting for the asked name would only end in LOST).
 
+Listings are asked for in pages of ``LIST_PAGE`` (5,000) entries, projected to the
+fields ``parse_entry`` reads (``LIST_FIELDS``, Agave's ``filter``: no ``_links`` nor
+``system``, half the bytes).  The server lists the whole directory again for every
+page and skips to the offset (agave-api.md section 3), so a directory of n entries
+costs the server ~n * pages and the client one round trip per page.  Listing 10,000
+entries with plain requests against the emulator took 21 pages of 500 in sequence
+(1.09 s / 1.47 s, loopback / 20 ms) and 3 pages of 5,000 (0.37 s / 0.48 s).  A page
+of 5,000 is ~1 MB of JSON and ~3.5 MB decoded, one per listing caller and
+PAGE_THREADS ahead.
+A server that ignores ``filter`` sends whole entries (parsed the same); one that caps
+``limit`` is paged by paging.py's rules.
+
 Locks: ``_sys_lock`` guards the lazily resolved system id and system details.
 Everything else is either immutable after __init__ or owned by the components
 (each documents its own locks).
@@ -57,7 +69,9 @@ from agavefs.client.responses import Redactor, unwrap
 from agavefs.client.staging import StagingOps
 from agavefs.client.transport import IDEMPOTENT, SAFE, UPLOAD, Body, CountingReader, CountingStream, Transport
 
-LIST_PAGE = 500
+LIST_PAGE = 5000
+# the listing fields parse_entry reads (the self entry's path included); the rest is not sent
+LIST_FIELDS = "name,path,length,lastModified,type,format,mimeType,permissions"
 PAGE_THREADS = 2  # listings paged at once, each one page ahead (list)
 T = TypeVar("T")
 UPLOAD_MIN_RATE = 512 * 1024  # bytes/s assumed when sizing an upload's deadline
@@ -228,7 +242,7 @@ class AgaveClient(ReadOps, StagingOps):
 
         def fetch(offset: int, limit: int) -> list:
             resp = self.transport.request("GET", url, kind=kind, label=label,
-                                          params={"offset": offset, "limit": limit},
+                                          params={"offset": offset, "limit": limit, "filter": LIST_FIELDS},
                                           deadline=deadline)
             result = unwrap(resp.content, f"GET {label}")
             if not isinstance(result, list):

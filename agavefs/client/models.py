@@ -24,6 +24,7 @@ import enum
 import re
 import threading
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from datetime import datetime, timedelta, timezone
 
 from agavefs.client.paths import clean_remote_path
@@ -87,9 +88,9 @@ PERMISSION_WORDS = frozenset(
      "OWNER"})
 
 
-@dataclass(frozen=True)
-class RemoteEntry:
-    """One file or directory as a listing describes it."""
+class RemoteEntry(NamedTuple):
+    """One file or directory as a listing describes it (a named tuple: made once per
+    listing entry, see ``agavefs.vfs.backend.Entry``)."""
 
     name: str
     path: str  # absolute system path, no trailing slash
@@ -169,8 +170,7 @@ def parse_entry(raw: object, *, fallback_path: str | None = None, parent: str | 
     path = f"{parent}/{name}" if parent is not None else clean_remote_path(raw.get("path")) or fallback_path
     if path is None:
         raise ProtocolError(f"listing entry {what!r} has no usable path")
-    return RemoteEntry(name=name, path=path, is_dir=is_dir, size=int(length), mtime=mtime,
-                       permissions=perms.upper(), mime_type=mime)
+    return RemoteEntry(name, path, is_dir, int(length), mtime, perms.upper(), mime)
 
 
 # -- history / staging ----------------------------------------------------------

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
+import math
 import os
 import random
 import shutil
@@ -17,6 +19,8 @@ import time
 
 import pytest
 
+from agavefs.client.api import LIST_PAGE
+from helpers import paging
 from mountsupport import Mount, is_live_mount
 
 
@@ -70,9 +74,13 @@ def test_ls_l_of_10000_entries_costs_only_the_listing_pages(emu, mount_factory):
     assert len(out) == 10_001
     cold = emu.access_entries()[before:]
     assert cold and all("/files/v2/listings/" in e["path"] for e in cold), {e["path"] for e in cold}
-    pages = [e for e in cold if e["path"].rstrip("/").endswith("/big")]
-    # one stat of the directory (limit=1) plus ceil(10001 / page size) pages, nothing per entry
-    assert len(cold) <= 1 + len(pages) and len(pages) <= 25
+    pages = [paging(e["query"]) for e in cold if e["path"].rstrip("/").endswith("/big")]
+    # the listing's pages of LIST_PAGE, each after the first starting one entry early
+    # (paging.py), and nothing per entry (the directory's own lookup was answered by the
+    # root's listing, which came with the root's lookup as the mount came up)
+    listed = math.ceil(10_000 / (LIST_PAGE - 1))
+    assert pages == [f"offset={k * (LIST_PAGE - 1)}&limit={LIST_PAGE}" for k in range(listed)], pages
+    assert len(cold) == len(pages)
     again = len(emu.access_entries())
     assert len(run("ls", "-l", str(m.path / "big")).stdout.splitlines()) == 10_001
     run("find", str(m.path / "big"), "-name", "file-09999.dat")
@@ -319,7 +327,6 @@ def test_readers_of_many_small_files_get_them_fetched_ahead_once(emulator_factor
     """cat of a glob, tar c and grep -r over 60 small files on a 20 ms server: the files
     after the first two are fetched ahead, several at once (sibling prefetch); each is
     still fetched exactly once, and every byte is the server's."""
-    import json
     import tarfile
 
     emu = emulator_factory("--latency", "20", "--staging-delay", "0")
@@ -395,8 +402,8 @@ def test_a_later_mount_lists_equal_small_directories_without_probes(emu, mount_f
         before = len(emu.access_entries())
         found = run("find", str(m.path / "w"), "-type", "f").stdout.split()
         assert len(found) == 16
-        return [(e["path"].split("/home/demo/", 1)[1], e["query"]) for e in listings(emu.settled_entries(), before)
-                if not e["query"].endswith("&limit=1")]  # lookups (stat) are not listings
+        return [(e["path"].split("/home/demo/", 1)[1], q) for e in listings(emu.settled_entries(), before)
+                if not (q := paging(e["query"])).endswith("&limit=1")]  # lookups (stat) are not listings
 
     first = mount_factory(emu)
     first_find = find_lists(first)
@@ -417,7 +424,8 @@ def test_a_later_mount_lists_equal_small_directories_without_probes(emu, mount_f
     assert len(sent) == n_dirs  # one request per directory (w's: its lookup, which listed it)
     # the one check of the record: at the first lookup of a folder whose page it settles
     # (the root's, as the mount came up: its 3 entries may have been a cap of 3)
-    checks = [e["query"] for e in listings(emu.settled_entries(), mounted) if e["path"].endswith("/home/demo/big")]
+    checks = [paging(e["query"]) for e in listings(emu.settled_entries(), mounted)
+              if e["path"].endswith("/home/demo/big")]
     assert checks == ["offset=0&limit=41"]
 
 
@@ -440,13 +448,13 @@ def test_opening_a_file_in_a_fresh_mount_costs_one_lookup_and_the_read(emu, moun
         assert fh.read(4096) == (b"0123456789" * 1000)[:4096]
     sent = [(e["method"], e["path"].split("/home/demo", 1)[1], e["query"]) for e in emu.settled_entries()[before:]]
     assert [(m_, p) for m_, p, _ in sent] == [("GET", "/sub/f"), ("GET", "/sub/f")], sent
-    assert sent[0][2] == "offset=0&limit=100" and "/files/v2/listings/" in emu.access_entries()[before]["path"]
+    assert paging(sent[0][2]) == "offset=0&limit=100" and "/files/v2/listings/" in emu.access_entries()[before]["path"]
     # the stat of a directory brings its entries: `g` needs no request of its own
     again = len(emu.settled_entries())
     assert os.stat(m.path / "sub" / "inner").st_nlink == 2
     assert os.stat(m.path / "sub" / "inner" / "g").st_size == 1
     sent = emu.settled_entries()[again:]
-    assert [(e["path"].split("/home/demo", 1)[1], e["query"]) for e in sent] == \
+    assert [(e["path"].split("/home/demo", 1)[1], paging(e["query"])) for e in sent] == \
         [("/sub/inner", "offset=0&limit=100")]
 
 
@@ -493,3 +501,4 @@ def test_the_daemons_allocator_keeps_freed_chunks_for_reuse(policy, tmp_path):
 
 def test_a_mount_tunes_its_allocator(mnt: Mount):
     assert "allocator: mmap threshold 4 MiB, trim threshold 64 MiB" in mnt.log_text()
+
