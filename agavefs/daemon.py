@@ -220,7 +220,8 @@ def fuse_options(args, info: dict, extra: list[str]) -> dict:
         "auto_cache": True,
         "default_permissions": True,
         "max_threads": 16,
-        "max_idle_threads": 8,  # libfuse 3.14 warns about its own default otherwise
+        # workers are never ended: each keeps its Python thread state (fuse_ops.py)
+        "max_idle_threads": 16,
         "noatime": True,
     }
     if args.read_only:
@@ -302,7 +303,7 @@ def run_daemon(args, system, path, mountpoint, extra_fuse_opts) -> int:
         log.error("%s", msg, exc_info=args.verbose >= 2)
         return 1
 
-    from agavefs.fuse_ops import AgaveFUSE, AgaveOperations
+    from agavefs.fuse_ops import AgaveFUSE, AgaveOperations, pinned_threads
 
     transport = getattr(getattr(backend, "client", None), "transport", None)
     if transport is not None:
@@ -319,7 +320,7 @@ def run_daemon(args, system, path, mountpoint, extra_fuse_opts) -> int:
         s.update(info)
         s.update({"mountpoint": mountpoint, "pid": os.getpid(), "started": started,
                   "uptime": round(time.time() - started, 1), "backend": backend.status(),
-                  "options": mount_options(args, extra_fuse_opts)})
+                  "options": mount_options(args, extra_fuse_opts), "fuse_threads": pinned_threads()})
         write(s)
 
     def drain(write):

@@ -502,3 +502,27 @@ def test_the_daemons_allocator_keeps_freed_chunks_for_reuse(policy, tmp_path):
 def test_a_mount_tunes_its_allocator(mnt: Mount):
     assert "allocator: mmap threshold 4 MiB, trim threshold 64 MiB" in mnt.log_text()
 
+
+def test_fuse_threads_keep_their_python_state_across_callbacks(emu, mount_factory):
+    """Each libfuse worker keeps one Python thread state for its life (fuse_ops.py), not
+    a new one per callback: bursts of parallel walks (thousands of callbacks) pin at
+    most max_threads (16) threads.  A pin that did not hold would pin the same threads
+    again at every callback, up to PINNED_MAX (64)."""
+    for d in range(6):
+        for e in range(6):
+            (emu.home() / "pin" / f"d{d}" / f"e{e}").mkdir(parents=True)
+            (emu.home() / "pin" / f"d{d}" / f"e{e}" / "f").write_bytes(b"x")
+    m = mount_factory(emu)
+
+    def pinned() -> int:
+        return json.loads(m.agavefs("status", "--json", str(m.path)).stdout)["mounts"][0]["fuse_threads"]
+
+    counts = []
+    for _ in range(4):
+        walkers = [subprocess.Popen(["find", str(m.path / "pin")], stdout=subprocess.DEVNULL) for _ in range(8)]
+        for w in walkers:
+            assert w.wait(120) == 0
+        for _ in range(200):
+            os.stat(m.path / "pin" / "d0" / "e0" / "f")
+        counts.append(pinned())
+    assert all(1 <= c <= 16 for c in counts), counts
