@@ -32,9 +32,8 @@ costs the server ~n * pages and the client one round trip per page.  Listing 10,
 entries with plain requests against the emulator took 21 pages of 500 in sequence
 (1.09 s / 1.47 s, loopback / 20 ms) and 3 pages of 5,000 (0.37 s / 0.48 s).  A page
 of 5,000 is ~1 MB of JSON and ~3.5 MB decoded, one per listing caller and
-PAGE_THREADS ahead.
-A server that ignores ``filter`` sends whole entries (parsed the same); one that caps
-``limit`` is paged by paging.py's rules.
+PAGE_THREADS ahead.  A server that ignores ``filter`` sends whole entries (parsed the
+same); one that caps ``limit`` is paged by paging.py's rules.
 
 Locks: ``_sys_lock`` guards the lazily resolved system id and system details.
 Everything else is either immutable after __init__ or owned by the components

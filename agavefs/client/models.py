@@ -24,8 +24,8 @@ import enum
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import NamedTuple
 from datetime import datetime, timedelta, timezone
+from typing import NamedTuple
 
 from agavefs.client.paths import clean_remote_path
 from agavefs.errors import ProtocolError
