@@ -120,6 +120,10 @@ def _raise_readahead(mountpoint: str, kib: int = 1024) -> None:
         pass
 
 
+# libfuse's worker threads (-o max_threads=N changes it): as many at most, and as many
+# kept when idle (never ended, so each keeps its Python thread state: fuse_ops.py)
+FUSE_THREADS = 16
+
 # glibc mallopt(3) parameters
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -219,9 +223,7 @@ def fuse_options(args, info: dict, extra: list[str]) -> dict:
         "negative_timeout": min(args.negative_ttl, args.attr_ttl),
         "auto_cache": True,
         "default_permissions": True,
-        "max_threads": 16,
-        # workers are never ended: each keeps its Python thread state (fuse_ops.py)
-        "max_idle_threads": 16,
+        "max_threads": FUSE_THREADS,
         "noatime": True,
     }
     if args.read_only:
@@ -231,6 +233,7 @@ def fuse_options(args, info: dict, extra: list[str]) -> dict:
     for word in extra:
         key, _, value = word.partition("=")
         kw[key] = value if value else True
+    kw["max_idle_threads"] = kw["max_threads"]  # -o max_threads=N included
     return kw
 
 

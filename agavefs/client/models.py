@@ -116,8 +116,7 @@ class RemoteEntry(NamedTuple):
         return p in ("ALL", "OWNER") or "EXECUTE" in p
 
     def renamed(self, name: str, path: str | None = None) -> "RemoteEntry":
-        return RemoteEntry(name, path if path is not None else self.path, self.is_dir, self.size,
-                           self.mtime, self.permissions, self.mime_type)
+        return self._replace(name=name, path=self.path if path is None else path)
 
 
 def usable_name(name: object) -> bool:
