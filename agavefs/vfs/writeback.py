@@ -144,6 +144,9 @@ class Job:
         self.closed = False  # the journal record is gone: never write it again
         self.record_lock = threading.Lock()
         self.temp: str | None = None  # remote path of the current temporary upload
+        # the temporary path of the first upload, chosen and journaled with the job's first
+        # record (so that the upload need not rewrite the record); nothing is sent to it yet
+        self.next_temp: str | None = None
         self.leftovers: list[str] = list(leftovers or [])  # remote paths to delete at the end
         self.finished = threading.Event()
         self.failure = threading.Condition()
@@ -158,7 +161,7 @@ class Job:
     def record(self) -> dict:
         rec = {"id": self.id, "seq": self.seq, "path": self.node.path, "size": self.size,
                "mtime": self.mtime, "attempts": self.attempts,
-               "leftovers": self.leftovers + ([self.temp] if self.temp else []),
+               "leftovers": self.leftovers + [t for t in (self.temp, self.next_temp) if t],
                "created": self.started}
         if self.streaming:
             rec["streaming"] = True  # no data to recover: only the leftovers to delete
@@ -204,6 +207,8 @@ class WriteBack:
         a version that is superseded at once, as ``echo x > f`` does through dup2, be
         cancelled before it is sent)."""
         if write_record:
+            if job.source is None and job.temp is None:
+                job.next_temp = temp_path(posixpath.dirname(job.node.path))
             self.store.write_record(job.record())
         self.store.set_freeable(job.size)
         with self._cond:
@@ -334,11 +339,12 @@ class WriteBack:
 
     def _run_stream(self, job: Job) -> None:
         try:
-            target = self._claim_target(job, "streaming")
+            target, recorded = self._claim_target(job, "streaming")
             if target is None:
                 raise StreamAborted("cancelled")
             parent = posixpath.dirname(target)
-            self.persist_or_warn(job)  # the temporary name is recorded before anything is sent
+            if not recorded:
+                self.persist_or_warn(job)  # the temporary name is recorded before anything is sent
             log.info("streaming %s to the server as it is written", target)
             job.source.progress = self._stream_progress_logger(target)
             self.backend.upload_stream(job.source.chunks, parent, posixpath.basename(job.temp))
@@ -503,19 +509,22 @@ class WriteBack:
         with self._upload_slots:
             if job.cancelled:
                 return self._cleanup_cancelled(job)
-            target = self._claim_target(job, "uploading")
+            target, recorded = self._claim_target(job, "uploading")
             if target is None:
                 return self._cleanup_cancelled(job)
             parent = posixpath.dirname(target)
-            self.persist_or_warn(job)  # the temporary name is recorded before anything is sent
+            if not recorded:
+                self.persist_or_warn(job)  # the temporary name is recorded before anything is sent
             log.info("uploading %s (%d bytes, attempt %d)", target, job.size, job.attempts + 1)
             self.backend.upload(job.spool.path, parent, posixpath.basename(job.temp),
                                 progress=self._progress_logger(target) if job.size >= PROGRESS_MIN else None)
         self._uploaded(job)
 
-    def _claim_target(self, job: Job, state: str) -> str | None:
+    def _claim_target(self, job: Job, state: str) -> tuple[str | None, bool]:
         """Enter ``state`` and pick the job's target and a fresh temporary name beside
-        it; None when the job was cancelled first.
+        it: (target, whether the journal already names that temporary path - the one
+        chosen at submit, when the target is still in the same directory); (None,
+        False) when the job was cancelled first.
 
         The target and the state change together under the VFS lock: a directory rename
         (VFS._rename_dir) either sees this job busy (and waits for it, or drops it when
@@ -526,13 +535,17 @@ class WriteBack:
         with self.owner.lock:
             with self._cond:
                 if job.cancelled:
-                    return None
+                    return None, False
                 job.state = state
             target = job.node.path
             if job.temp:
                 job.leftovers.append(job.temp)
+            chosen, job.next_temp = job.next_temp, None
+            if chosen is not None and posixpath.dirname(chosen) == posixpath.dirname(target):
+                job.temp = chosen
+                return target, True
             job.temp = temp_path(posixpath.dirname(target))
-            return target
+            return target, False
 
     def _uploaded(self, job: Job) -> None:
         """The body is sent (202): wait out the staging, then finalize."""

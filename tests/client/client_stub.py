@@ -22,6 +22,8 @@ class Request:
         self.raw_path = parts.path
         self.path = unquote(parts.path)
         self.query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        self.raw_query = parts.query
+        self.target = handler.path  # as sent: an absolute URI when it came through a proxy
         self.headers = {k.lower(): v for k, v in handler.headers.items()}
         self.body = body
 

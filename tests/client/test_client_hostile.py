@@ -438,3 +438,44 @@ def test_a_new_login_in_the_cache_is_not_overwritten(stub, tmp_path):
         c.stat("/home/demo/f")
         assert c.stats.refreshes == 1
     assert json.loads((tmp_path / "current").read_text())["access_token"] == "ANOTHER-TOKEN"
+
+
+def test_queries_forms_and_headers_go_out_as_requests_encodes_them(stub):
+    """The transport encodes query strings and form bodies itself (and gives requests
+    nothing to merge): the bytes on the wire must be those requests would send."""
+    import requests
+
+    stub.route("GET", LISTING, lambda req, h: h.send_json(200, wrap([entry("a b,ü&=.txt", req.path)])))
+    stub.route("PUT", MEDIA, lambda req, h: h.send_json(200, wrap({}, "Rename success")))
+    client = make_client(stub)
+    client.stat("/d/a b,ü&=.txt")
+    client.rename("/d/x y", "nouveau nom ü&=+")
+    listing = stub.seen("GET", LISTING)[0]
+    want = requests.Request("GET", "http://h/", params={"offset": 0, "limit": 1,
+                                                        "filter": listing.query["filter"]}).prepare()
+    assert listing.raw_query == want.url.split("?", 1)[1]
+    assert listing.query["filter"].split(",")[:2] == ["name", "path"]
+    put = stub.seen("PUT", MEDIA)[0]
+    form = requests.Request("PUT", "http://h/", data={"action": "rename", "path": "nouveau nom ü&=+"}).prepare()
+    assert put.body == form.body.encode()
+    assert put.headers["content-type"] == "application/x-www-form-urlencoded"
+    for req in (listing, put):
+        assert req.headers["user-agent"] == "agavefs-client"
+        assert req.headers["authorization"] == "Bearer ACCESS-abcdef-1"
+        assert req.headers["accept"] == "*/*"
+
+
+def test_a_proxy_from_the_environment_carries_every_request(stub, monkeypatch):
+    """HTTP_PROXY is read once, when the client starts, and every request (the
+    per-thread sessions have no proxies of their own) goes through it."""
+    monkeypatch.setenv("HTTP_PROXY", stub.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    stub.route("GET", LISTING, lambda req, h: h.send_json(200, wrap([entry("f", req.path)])))
+    creds = Credentials(baseurl="http://agave.invalid", username="demo", apikey="K", apisecret="S",
+                        access_token="ACCESS-abcdef-1", refresh_token="R",
+                        created_at=str(int(time.time())), expires_in="3600")
+    client = AgaveClient(creds, system_id="stub", op_timeout=5)
+    assert client.stat("/d/f").name == "f"
+    (req,) = stub.seen("GET", LISTING)
+    assert req.target.startswith("http://agave.invalid/files/v2/listings/system/stub/")

@@ -322,6 +322,42 @@ def test_journal_finishes_uploads_after_a_crash(backend, make_vfs, tmp_path):
     assert list((tmp_path / "spool" / "lost+found").iterdir())
 
 
+def test_the_first_record_names_the_temporary_path_the_upload_uses(backend, make_vfs):
+    """The journal names a temporary upload path before anything is sent to it (a crash
+    leaves it to delete), and the record written when the file is queued already does:
+    the upload does not rewrite it, unless the file moved to another directory first."""
+    vfs = make_vfs(backend, upload_delay=0.3)
+    writes = []
+    real_write = vfs.store.write_record
+    vfs.store.write_record = lambda rec: (writes.append(rec), real_write(rec))[1]
+    sent = []
+    real_upload = backend.upload
+
+    def upload(local_path, dir_path, name, progress=None):
+        on_disk = {r["id"]: r for r in vfs.store.load_records()}
+        sent.append((f"{dir_path.rstrip('/')}/{name}", [r["leftovers"] for r in on_disk.values()]))
+        return real_upload(local_path, dir_path, name, progress)
+
+    backend.upload = upload
+    vfs.mkdir("/d")
+    vfs.mkdir("/e")
+    write_file(vfs, "/d/stays", b"one")
+    write_file(vfs, "/d/moves", b"two")
+    vfs.rename("/d/moves", "/e/moved")  # within the upload grace: nothing sent yet
+    assert vfs.drain(timeout=20)
+    assert backend.files == {"/d/stays": b"one", "/e/moved": b"two"}
+    assert len(sent) == 2
+    for temp, journal in sent:
+        assert any(temp in leftovers for leftovers in journal), (temp, journal)
+    stays = [r for r in writes if r["path"] == "/d/stays"]
+    assert len(stays) == 1, stays  # queued once; the upload found its name recorded
+    (stays_temp,) = stays[0]["leftovers"]
+    assert stays_temp.startswith("/d/.agavefs~") and stays_temp in [t for t, _ in sent]
+    moved_temp = next(t for t, _ in sent if t != stays_temp)
+    assert moved_temp.startswith("/e/.agavefs~")  # chosen again beside the new name
+    assert [r for r in writes if r["path"] == "/e/moved"][-1]["leftovers"] == [moved_temp]
+
+
 def test_spool_limit(backend, make_vfs):
     vfs = make_vfs(backend, cache_max_size=1000, op_timeout=1)
     fh = vfs.create("/big")
