@@ -171,6 +171,7 @@ class PageThreads:
             if item is None:
                 return
             self._run(*item)
+            item = None  # its future holds the page: not kept while this thread waits
 
     def close(self) -> None:
         with self._lock:
@@ -194,7 +195,9 @@ def collect(fetch: Callable[[int, int], list], caps: PageCaps, limit: int,
 
     ``convert(items, index)`` turns each page's new items (the first of them at
     ``index`` of the result; 0 again after a restart) into what is returned in their
-    place.  With ``submit`` (an executor's), the next page is requested as soon as a
+    place; the raw items are then not kept (only the last one, which the next page
+    must repeat), so a big listing holds its converted entries and at most two raw
+    pages, not all of them.  With ``submit`` (an executor's), the next page is requested as soon as a
     page has been judged, and the page converted while that request is in flight:
     the same requests in the same order, the client's work hidden in the wait for
     the server.
@@ -202,7 +205,8 @@ def collect(fetch: Callable[[int, int], list], caps: PageCaps, limit: int,
     restarts = 0
     check_overlap = True
     while True:
-        items: list = []
+        items: list = []  # the raw items, kept only without ``convert`` (they are the result)
+        count = 0  # items so far
         out: list = []
         seen: set = set()
         offset = start
@@ -242,19 +246,22 @@ def collect(fetch: Callable[[int, int], list], caps: PageCaps, limit: int,
                 caps.confirm_cap(ambiguous_len)
             if not body:
                 break
-            first_new = len(items)
+            first_new = count
             if dedupe:
+                new = []
                 for item in body:
                     k = key(item)
                     if k not in seen:
                         seen.add(k)
-                        items.append(item)
+                        new.append(item)
             else:
                 keys = [key(item) for item in body]
-                if keys != prev_keys:
-                    items.extend(body)
+                new = body if keys != prev_keys else []
                 prev_keys = keys
-            added = len(items) - first_new
+            added = len(new)
+            count += added
+            if convert is None:
+                items.extend(new)
             offset += len(body)
             prev_last = page[-1]
             more, ambiguous = caps.maybe_more(n, limit, None if source is None else (source, at))
@@ -265,7 +272,8 @@ def collect(fetch: Callable[[int, int], list], caps: PageCaps, limit: int,
                     overlap, at = _plan(check_overlap, offset, start, prev_last, ambiguous_len, caps)
                     ahead = (overlap, at, submit(fetch, at, limit))
             if convert is not None and added:
-                out.extend(convert(items[first_new:], first_new))
+                out.extend(convert(new, first_new))
+            new = body = page = None  # a converted page is not kept
             if not more:
                 break
         if not restart:

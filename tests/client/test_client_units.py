@@ -464,6 +464,40 @@ def test_the_next_page_is_on_its_way_while_a_page_is_converted(pages_pool):
     assert fake.calls == [(0, 10), (9, 10), (18, 10)]
 
 
+class _Item(dict):
+    """A raw listing item that a weak reference can watch."""
+
+    __slots__ = ("__weakref__",)
+
+
+@pytest.mark.parametrize("piped", [False, True])
+def test_a_converted_listing_lets_go_of_its_raw_pages(pages_pool, piped):
+    """With ``convert`` only what it returns is kept: the raw items of a page die once
+    the page is converted (a big listing's decoded JSON is 5-10 times its entries'
+    size), except the last one, which the next page must repeat.  So when a page is
+    asked for, at most the previous page (being converted meanwhile, when pipelined)
+    and the last item of the one before are still alive."""
+    import gc
+    import weakref
+
+    handed: list[weakref.ref] = []  # every raw item the server has sent
+
+    def fetch(offset, limit):
+        gc.collect()
+        alive = sum(r() is not None for r in handed)
+        assert alive <= (limit if piped else 0) + 1, (offset, alive)
+        page = [_Item(name=f"e{i:04d}") for i in range(offset, min(60, offset + limit))]
+        handed.extend(weakref.ref(x) for x in page)
+        return page
+
+    got = collect(fetch, PageCaps(), 10, key=_key, submit=pages_pool.submit if piped else None,
+                  convert=lambda items, index: [x["name"] for x in items])
+    assert got == [f"e{i:04d}" for i in range(60)]
+    assert len(handed) > 60  # the pages overlap by one item: several were fetched
+    gc.collect()
+    assert all(r() is None for r in handed)
+
+
 def test_pipelined_paging_restarts_when_the_list_shifts(pages_pool):
     fake = FakeCollection(30)
     starts = []

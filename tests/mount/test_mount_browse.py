@@ -481,26 +481,75 @@ print((res["end"] - res["start"]) * os.sysconf("SC_PAGE_SIZE") >> 20)
 """
 
 
+def _malloc_probe(code: str, policy: str, tmp_path) -> int:
+    """Run a probe script ("tuned": after daemon._tune_malloc; "plain": glibc's
+    defaults) in a fresh interpreter; the number it prints."""
+    script = tmp_path / "probe.py"
+    script.write_text(code)
+    out = subprocess.run([sys.executable, str(script), policy], capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout)
+
+
 @pytest.mark.parametrize("policy", ["tuned", "plain"])
 def test_the_daemons_allocator_keeps_freed_chunks_for_reuse(policy, tmp_path):
     """daemon._tune_malloc (called first thing by run_daemon): a thread that allocates
     and frees windows of 1 MiB chunks, as the read-ahead does, gets the same memory back
     instead of fresh pages from the kernel (glibc's defaults hand 48 MiB back and fault
     it in again every round)."""
-    script = tmp_path / "probe.py"
-    script.write_text(MALLOC_PROBE)
-    out = subprocess.run([sys.executable, str(script), policy], capture_output=True, text=True, timeout=120,
-                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    assert out.returncode == 0, out.stderr
-    faulted_mib = int(out.stdout)
+    faulted_mib = _malloc_probe(MALLOC_PROBE, policy, tmp_path)
     if policy == "tuned":
         assert faulted_mib < 8
     else:  # the probe itself can tell the two apart (else the test above proves nothing)
         assert faulted_mib > 5 * 48 / 2
 
 
+ARENA_PROBE = """
+import ctypes, sys, tempfile, threading
+from agavefs import daemon
+if sys.argv[1] == "tuned":
+    assert daemon._tune_malloc()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+start = threading.Barrier(12)
+def work():  # a new thread's first malloc gets an arena of its own while glibc allows more
+    start.wait()
+    for _ in range(200):
+        libc.free(libc.malloc(300_000 // 8))
+threads = [threading.Thread(target=work) for _ in range(12)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+with tempfile.NamedTemporaryFile() as out:
+    fp = libc.fopen(out.name.encode(), b"w")
+    libc.malloc_info(0, fp)
+    libc.fclose(fp)
+    print(open(out.name).read().count("<heap nr="))
+"""
+
+
+@pytest.mark.parametrize("policy", ["tuned", "plain"])
+def test_the_daemons_threads_share_two_malloc_arenas(policy, tmp_path):
+    """daemon._tune_malloc caps glibc's arenas (each keeps what was freed in it: many of
+    them spread a walk's peak memory): twelve threads that allocate at once use at most
+    MALLOC_ARENAS of them."""
+    from agavefs.daemon import MALLOC_ARENAS
+    heaps = _malloc_probe(ARENA_PROBE, policy, tmp_path)
+    if policy == "tuned":
+        assert 1 <= heaps <= MALLOC_ARENAS
+    else:  # glibc's default: the probe tells the two apart
+        assert heaps > MALLOC_ARENAS
+
+
 def test_a_mount_tunes_its_allocator(mnt: Mount):
-    assert "allocator: mmap threshold 4 MiB, trim threshold 64 MiB" in mnt.log_text()
+    assert "allocator: mmap threshold 4 MiB, trim threshold 64 MiB, 2 arenas" in mnt.log_text()
 
 
 def test_fuse_threads_keep_their_python_state_across_callbacks(emu, mount_factory):
