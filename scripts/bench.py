@@ -256,6 +256,15 @@ class Emulator:
         if r.returncode != 0:
             raise RuntimeError(f"agavefs login failed: {r.stderr}")
 
+    def cpu(self) -> float:
+        """CPU seconds the server has used so far (user + system)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def mark(self) -> int:
         try:
             return self.access_log.stat().st_size
@@ -1080,8 +1089,10 @@ class Bench:
         watchdog.start()
         try:
             self.cold_start(wl)
-            mark = emu.mark()
+            mark, cpu = emu.mark(), emu.cpu()
             value, extra = fs_workload(wl, m.mnt, self.ctx(tool), m)
+            if counted:  # the peers have servers of their own
+                extra["server_cpu_s"] = round(emu.cpu() - cpu, 3)
             req = summarize(emu.entries(mark)) if counted else None
             rss = m.rss.peak if m.rss else None
             if m.rss:
@@ -1100,8 +1111,10 @@ class Bench:
                     self._wait_backing(warm_file, m, 4096)
                 os.sync()  # every write starts on a quiet disk (not behind the last run's writeback)
             # else warm = the same mount, again
-            mark = emu.mark()
+            mark, cpu = emu.mark(), emu.cpu()
             value, extra = fs_workload(wl, m.mnt, self.ctx(tool), m)
+            if counted:  # the peers have servers of their own
+                extra["server_cpu_s"] = round(emu.cpu() - cpu, 3)
             req = summarize(emu.entries(mark)) if counted else None
             if m.rss:
                 m.rss.sample()
@@ -1129,8 +1142,9 @@ class Bench:
                 self.cold_start(wl)
             elif wl in WRITES:
                 os.sync()
-            mark = emu.mark()
+            mark, cpu = emu.mark(), emu.cpu()
             value, extra = direct_workload(wl, d, self.ctx("direct"), variant == "cold")
+            extra["server_cpu_s"] = round(emu.cpu() - cpu, 3)
             self.add(emu.latency, wl, variant, "direct", run, value, extra, summarize(emu.entries(mark)))
 
     def add(self, latency, wl, variant, tool, run, value, extra, req=None, rss=None) -> None:

@@ -266,26 +266,25 @@ def test_a_job_cancelled_as_its_upload_starts_leaves_nothing_behind(make_vfs, mo
     """A newer version cancels the older one just as the older one's upload step
     begins: either the upload is not sent, or it is sent and then deleted (the soak
     found the older version's temporary file left on the server)."""
-    import agavefs.vfs.writeback as wb
-
     backend = GatedBackend()
     vfs = make_vfs(backend)
-    real_temp_path = wb.temp_path
+    real_claim = vfs.writeback._claim_target
     fired = threading.Event()
 
-    def temp_path_racing_a_cancel(directory):
+    def claim_racing_a_cancel(job, state):
+        # the upload step has passed its check of ``cancelled`` and named its temporary
+        # file (recorded in the journal): the cancel lands before anything is sent
+        claimed = real_claim(job, state)
         if not fired.is_set():
             fired.set()
-            with vfs.writeback._cond:
-                job = next(iter(vfs.writeback.jobs.values()))
             threading.Thread(target=vfs.writeback.cancel, args=(job,), daemon=True).start()
             deadline = time.monotonic() + 5
             while not job.cancelled and time.monotonic() < deadline:
                 time.sleep(0.001)
             time.sleep(0.05)
-        return real_temp_path(directory)
+        return claimed
 
-    monkeypatch.setattr(wb, "temp_path", temp_path_racing_a_cancel)
+    monkeypatch.setattr(vfs.writeback, "_claim_target", claim_racing_a_cancel)
     vfs.mkdir("/d")
     write(vfs, "/d/f", b"old version")
     assert fired.wait(10)
