@@ -161,7 +161,7 @@ class Job:
     def record(self) -> dict:
         rec = {"id": self.id, "seq": self.seq, "path": self.node.path, "size": self.size,
                "mtime": self.mtime, "attempts": self.attempts,
-               "leftovers": self.leftovers + [t for t in (self.temp, self.next_temp) if t],
+               "leftovers": self.leftovers + [t for t in dict.fromkeys((self.temp, self.next_temp)) if t],
                "created": self.started}
         if self.streaming:
             rec["streaming"] = True  # no data to recover: only the leftovers to delete
@@ -540,11 +540,13 @@ class WriteBack:
             target = job.node.path
             if job.temp:
                 job.leftovers.append(job.temp)
-            chosen, job.next_temp = job.next_temp, None
+            # job.temp is set before next_temp is cleared: a record written meanwhile by
+            # another thread (a rename's) names the path either way
+            chosen = job.next_temp
             if chosen is not None and posixpath.dirname(chosen) == posixpath.dirname(target):
-                job.temp = chosen
+                job.temp, job.next_temp = chosen, None
                 return target, True
-            job.temp = temp_path(posixpath.dirname(target))
+            job.temp, job.next_temp = temp_path(posixpath.dirname(target)), None
             return target, False
 
     def _uploaded(self, job: Job) -> None:
