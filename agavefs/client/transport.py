@@ -438,10 +438,15 @@ class Transport:
         if isinstance(data, dict):
             data = _form(data)
             headers = {"Content-Type": "application/x-www-form-urlencoded", **headers}
-        return self.session().request(method, url, params=_form(params) if params else None, data=data,
-                                      headers={**self._base_headers, **headers}, auth=auth,
-                                      stream=stream, timeout=(connect, read), verify=self.verify,
-                                      proxies=self._proxies, allow_redirects=False)
+        return self._session_request(method, url, headers, params=_form(params) if params else None,
+                                     data=data, auth=auth, stream=stream, timeout=(connect, read))
+
+    def _session_request(self, method, url, headers, **kw) -> requests.Response:
+        """One attempt through this thread's session: the whole headers (the base ones
+        and ``headers``) and the proxies with it, the trust store, no redirect followed."""
+        return self.session().request(method, url, headers={**self._base_headers, **(headers or {})},
+                                      proxies=self._proxies, verify=self.verify,
+                                      allow_redirects=False, **kw)
 
     def _redirect(self, resp, method, label, kind, req_auth, headers) -> requests.Response:
         """Follow same-origin redirects of GET/HEAD (never to another host)."""
@@ -460,12 +465,9 @@ class Transport:
                 raise ProtocolError(f"{method} {label}: too many redirects")
             self.stats.request(kind)
             try:
-                resp = self.session().request(method, target, auth=req_auth, stream=True,
-                                              headers={**self._base_headers, **(headers or {})},
-                                              proxies=self._proxies,
-                                              timeout=(self.connect_timeout,
-                                                       min(self.read_timeout, self.op_timeout)),
-                                              verify=self.verify, allow_redirects=False)
+                resp = self._session_request(method, target, headers, auth=req_auth, stream=True,
+                                             timeout=(self.connect_timeout,
+                                                      min(self.read_timeout, self.op_timeout)))
             except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
                     OSError) as exc:
                 self.stats.error(kind)
