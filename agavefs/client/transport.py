@@ -3,9 +3,12 @@
 Design note
 -----------
 One ``requests.Session`` per thread (keyed by the OS thread id, see ``session()``;
-Sessions are not safe to share between threads), each with an
-``HTTPAdapter(pool_maxsize=workers)`` and urllib3's own retries off: every retry
-decision is made here, where the meaning of the request is known.
+Sessions are not safe to share between threads), all of them mounting ONE
+``HTTPAdapter`` (urllib3's connection pools are thread-safe), with urllib3's own
+retries off: every retry decision is made here, where the meaning of the request is
+known.  The pool is shared so that a thread's first request takes a connection
+another thread opened (a FUSE worker thread is new at a fresh mount, and new ones come
+and go under load: each used to open its own connection before its first answer).
 
 Retry policies (``retry=``):
 
@@ -52,6 +55,7 @@ from __future__ import annotations
 
 import email.utils
 import errno as _errno
+import itertools
 import logging
 import random
 import socket
@@ -81,6 +85,11 @@ BACKOFF_BASE = 0.05
 BACKOFF_CAP = 4.0
 MAX_ATTEMPTS = 25
 MAX_REDIRECTS = 5
+# idle connections the shared pool keeps per host (at least ``workers``): above the
+# daemon's usual concurrency (FUSE threads, uploads, listing pages, read streams), so
+# that a connection is seldom closed after one request and urllib3 never logs "pool
+# is full" in normal use
+POOL_IDLE = 32
 BODY_READ = 1 << 20  # bytes taken from an upload body per read
 
 
@@ -275,10 +284,17 @@ class Transport:
         self.stats = stats or ClientStats()
         self.redact = redact or Redactor()
         self.auth = None  # TokenManager, set by the owner (auth.py)
+        # one connection pool for every thread's session (urllib3's pools are thread-safe);
+        # it keeps up to POOL_IDLE idle connections per host, more are opened when needed
+        self._adapter = requests.adapters.HTTPAdapter(pool_connections=2,
+                                                      pool_maxsize=max(POOL_IDLE, self.workers),
+                                                      max_retries=0)
         self._by_thread: dict[int, requests.Session] = {}  # OS thread id -> its session
         self._sessions_lock = threading.Lock()
         self._sessions: list[requests.Session] = []
         self._origin = _origin(self.base_url)
+        self._change_seq = itertools.count(1)  # next() is atomic
+        self.changes = 0  # see request()
 
     # -- sessions --------------------------------------------------------------------
     def session(self) -> requests.Session:
@@ -291,10 +307,8 @@ class Transport:
         s = self._by_thread.get(key)
         if s is None:
             s = requests.Session()
-            adapter = requests.adapters.HTTPAdapter(pool_connections=2, pool_maxsize=self.workers,
-                                                    max_retries=0)
-            s.mount("https://", adapter)
-            s.mount("http://", adapter)
+            s.mount("https://", self._adapter)
+            s.mount("http://", self._adapter)
             # no session-level headers or proxies: each request passes its own whole set
             # (see _send for why nothing is left for requests to merge)
             s.headers = s.proxies = None
@@ -316,6 +330,7 @@ class Transport:
                 s.close()
             except Exception:  # noqa: BLE001
                 pass
+        self._adapter.close()
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -324,14 +339,26 @@ class Transport:
         return time.monotonic() + (self.op_timeout if seconds is None else seconds)
 
     # -- the request loop --------------------------------------------------------------
-    def request(self, method: str, path: str, *, kind: str, label: str, params=None, data=None,
-                body: Callable[[], Body] | None = None, headers: dict | None = None,
-                stream: bool = False, retry: str = IDEMPOTENT, auth="bearer",
-                deadline: float | None = None, passthrough: tuple[int, ...] = (),
-                ) -> requests.Response:
-        """Send until success, a non-retryable failure, or the deadline.
+    def request(self, method: str, path: str, **kw) -> requests.Response:
+        """Send until success, a non-retryable failure, or the deadline (``_request``).
 
-        Returns the response for 2xx and for statuses in ``passthrough`` (with
+        ``changes`` moves on before and after every request but a GET or HEAD (one
+        that may change something on the server), so that a reader can tell whether
+        such a request was sent or answered while its own was in flight."""
+        if method in ("GET", "HEAD"):
+            return self._request(method, path, **kw)
+        self.changes = next(self._change_seq)
+        try:
+            return self._request(method, path, **kw)
+        finally:
+            self.changes = next(self._change_seq)
+
+    def _request(self, method: str, path: str, *, kind: str, label: str, params=None, data=None,
+                 body: Callable[[], Body] | None = None, headers: dict | None = None,
+                 stream: bool = False, retry: str = IDEMPOTENT, auth="bearer",
+                 deadline: float | None = None, passthrough: tuple[int, ...] = (),
+                 ) -> requests.Response:
+        """Returns the response for 2xx and for statuses in ``passthrough`` (with
         ``stream=True`` the caller must close it); raises the mapped exception
         otherwise.  ``label`` is the system path used in logs and messages.
         """

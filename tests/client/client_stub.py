@@ -24,6 +24,7 @@ class Request:
         self.query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         self.raw_query = parts.query
         self.target = handler.path  # as sent: an absolute URI when it came through a proxy
+        self.peer = handler.client_address  # which connection it came on
         self.headers = {k.lower(): v for k, v in handler.headers.items()}
         self.body = body
 

@@ -479,3 +479,37 @@ def test_a_proxy_from_the_environment_carries_every_request(stub, monkeypatch):
     assert client.stat("/d/f").name == "f"
     (req,) = stub.seen("GET", LISTING)
     assert req.target.startswith("http://agave.invalid/files/v2/listings/system/stub/")
+
+
+def test_threads_share_the_connections(stub):
+    """One connection pool for every thread's session: a thread's first request takes
+    a connection another thread opened (a FUSE worker thread is new at a fresh mount,
+    and threads come and go: each opened its own connection before its first answer)."""
+    import threading
+
+    stub.route("GET", LISTING, lambda req, h: h.send_json(200, wrap([entry("f", req.path)])))
+    client = make_client(stub)
+    done = threading.Event()
+
+    def one(turn: threading.Event, mine: threading.Event) -> None:
+        turn.wait(10)
+        try:
+            client.stat("/d/f")
+        finally:
+            mine.set()
+            done.wait(10)  # alive until the end: its OS thread id is not reused
+
+    events = [threading.Event() for _ in range(4)]
+    threads = [threading.Thread(target=one, args=(events[i], events[i + 1])) for i in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        events[0].set()  # one after the other, each from its own live thread
+        assert events[3].wait(10)
+        peers = {req.peer for req in stub.seen("GET", LISTING)}
+        assert len(stub.seen("GET", LISTING)) == 3 and len(peers) == 1, peers
+    finally:
+        done.set()
+        for t in threads:
+            t.join(10)
+        client.close()
