@@ -181,11 +181,22 @@ class PageThreads:
             self._started = 0
 
 
+class Shifted(Exception):
+    """``collect(after=...)``: the collection changed before ``start`` (the item
+    before it is no longer ``after``): what was read before it is out of date."""
+
+
 def collect(fetch: Callable[[int, int], list], caps: PageCaps, limit: int,
             key: Callable[[object], Hashable], start: int = 0, dedupe: bool = True,
             source: object = None, convert: Callable[[list, int], list] | None = None,
-            submit: Callable[..., Future] | None = None) -> list:
+            submit: Callable[..., Future] | None = None, after: object = None) -> list:
     """Every item from index ``start`` to the end of the collection, in order.
+
+    ``after``: the item at ``start - 1``, read earlier (the end of a first page the
+    caller has): the first page then starts one item early, as every later page
+    does, and must repeat it; if it does not, or the collection shifts on a later
+    page, ``Shifted`` is raised (no restart from ``start``: the caller's items before
+    it are what is out of date).
 
     ``fetch(offset, limit)`` returns one page (a list).  With ``dedupe`` items are
     de-duplicated by ``key`` (the first occurrence wins; listings); without it
@@ -204,13 +215,14 @@ def collect(fetch: Callable[[int, int], list], caps: PageCaps, limit: int,
     """
     restarts = 0
     check_overlap = True
+    floor = start if after is None else start - 1  # pages at offsets above it overlap
     while True:
         items: list = []  # the raw items, kept only without ``convert`` (they are the result)
         count = 0  # items so far
         out: list = []
         seen: set = set()
         offset = start
-        prev_last = None
+        prev_last = after
         prev_keys: list | None = None
         ambiguous_len: int | None = None
         restart = False
@@ -221,7 +233,9 @@ def collect(fetch: Callable[[int, int], list], caps: PageCaps, limit: int,
                 ahead = None
                 page = answer.result()
             else:
-                overlap, at = _plan(check_overlap, offset, start, prev_last, ambiguous_len, caps)
+                overlap, at = _plan(check_overlap, offset, floor, prev_last, ambiguous_len, caps)
+                if after is not None and offset == start and not overlap:
+                    raise Shifted()  # a server paging one item at a time: cannot check
                 page = fetch(at, limit)
             if not isinstance(page, list):
                 raise ProtocolError("a page of results is not a list")
@@ -269,7 +283,7 @@ def collect(fetch: Callable[[int, int], list], caps: PageCaps, limit: int,
             if more:
                 ambiguous_len = n if ambiguous else None
                 if submit is not None:
-                    overlap, at = _plan(check_overlap, offset, start, prev_last, ambiguous_len, caps)
+                    overlap, at = _plan(check_overlap, offset, floor, prev_last, ambiguous_len, caps)
                     ahead = (overlap, at, submit(fetch, at, limit))
             if convert is not None and added:
                 out.extend(convert(new, first_new))
@@ -278,6 +292,8 @@ def collect(fetch: Callable[[int, int], list], caps: PageCaps, limit: int,
                 break
         if not restart:
             return out if convert is not None else items
+        if after is not None:
+            raise Shifted()
         restarts += 1
         if restarts >= MAX_RESTARTS:
             check_overlap = False

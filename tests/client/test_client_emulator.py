@@ -288,6 +288,84 @@ def test_stat_with_children_is_one_request_with_the_first_entries(emulator_facto
         assert len([e for e in emu.settled_entries()[before:] if "/listings/" in e["path"]]) == 1
 
 
+def _listing_queries(emu, before: int) -> list[str]:
+    return [paging(e["query"]) for e in emu.settled_entries()[before:] if "/listings/" in e["path"]]
+
+
+def _thirty_files(emu, name: str):
+    """A directory of 30 files e00..e29, of 0..29 bytes."""
+    d = emu.home() / name
+    d.mkdir(parents=True)
+    for i in range(30):
+        (d / f"e{i:02d}").write_bytes(b"x" * i)
+    return d
+
+
+def test_a_listing_right_after_a_lookup_continues_after_its_first_page(emulator_factory, tmp_path):
+    """ls -l big/: the lookup's first page (stat_with_children) is the start of the
+    listing that follows; the next page must repeat its last entry."""
+    emu = emulator_factory()
+    _thirty_files(emu, "cont")
+    expected = [(f"e{i:02d}", i) for i in range(30)]
+    with client_for(emu, tmp_path / "cache", page_size=10) as c:
+        before = len(emu.settled_entries())
+        me, kids, whole = c.stat_with_children("/home/demo/cont", 5)
+        assert not whole and len(kids) == 5
+        me2, listed = c.list("/home/demo/cont")
+        assert me2.path == "/home/demo/cont"
+        assert sorted((k.name, k.size) for k in listed) == expected
+        assert len({k.name for k in listed}) == 30
+        # the pages go on after item 5 (the head's last, repeated), never from 0 again
+        assert _listing_queries(emu, before) == ["offset=0&limit=6", "offset=5&limit=10",
+                                                 "offset=14&limit=10", "offset=23&limit=10"]
+        # a head serves one listing: the next one starts over
+        before = len(emu.settled_entries())
+        assert len(c.list("/home/demo/cont")[1]) == 30
+        assert _listing_queries(emu, before)[0] == "offset=0&limit=10"
+
+
+def test_a_directory_shifted_since_the_lookup_is_listed_from_the_start(emulator_factory, tmp_path):
+    emu = emulator_factory()
+    d = _thirty_files(emu, "shift")
+    with client_for(emu, tmp_path / "cache", page_size=10) as c:
+        c.stat_with_children("/home/demo/shift", 5)
+        (d / "a-first").write_bytes(b"")  # by someone else: every later index moves by one
+        before = len(emu.settled_entries())
+        names = sorted(k.name for k in c.list("/home/demo/shift")[1])
+        assert names == sorted(["a-first"] + [f"e{i:02d}" for i in range(30)])
+        queries = _listing_queries(emu, before)
+        assert queries[:2] == ["offset=5&limit=10", "offset=0&limit=10"]
+
+
+@pytest.mark.parametrize("change", ["mkdir", "rename", "delete", "upload", "too old"])
+def test_a_kept_first_page_is_not_used_after_a_change_or_when_old(emulator_factory, tmp_path,
+                                                                  monkeypatch, change):
+    """Its entries could be older than what the client did meanwhile (or too old)."""
+    from agavefs.client import api
+
+    emu = emulator_factory()
+    _thirty_files(emu, "chg")
+    with client_for(emu, tmp_path / "cache", page_size=10) as c:
+        c.stat_with_children("/home/demo/chg", 5)
+        want = {f"e{i:02d}" for i in range(30)}
+        if change == "mkdir":
+            c.mkdir("/home/demo/elsewhere")  # any change, anywhere: this directory's too
+        elif change == "rename":
+            c.rename("/home/demo/chg/e01", "e01b")  # inside the head, no shift of what follows
+            want = want - {"e01"} | {"e01b"}
+        elif change == "delete":
+            c.delete("/home/demo/chg/e03")
+            want = want - {"e03"}
+        elif change == "upload":
+            upload_bytes(c, tmp_path, "/home/demo/chg", "e00b", b"new")
+            want = want | {"e00b"}
+        else:
+            monkeypatch.setattr(api, "HEAD_MAX_AGE", 0.0)
+        before = len(emu.settled_entries())
+        assert {k.name for k in c.list("/home/demo/chg")[1]} == want
+        assert _listing_queries(emu, before)[0] == "offset=0&limit=10"
+
+
 def test_staging_delay_and_reupload(emulator_factory, tmp_path):
     emu = emulator_factory("--staging-delay", "1")
     with client_for(emu, tmp_path / "cache") as c:

@@ -87,6 +87,27 @@ def test_ls_l_of_10000_entries_costs_only_the_listing_pages(emu, mount_factory):
     assert emu.access_entries()[again:] == []  # within the TTL: no request at all
 
 
+def test_ls_l_of_a_big_directory_continues_after_its_lookup(emu, mount_factory):
+    """ls -l top/big: big is not in a cached listing, so its lookup asks for its first
+    page (100 entries, stat_with_children); the readdir that follows goes on from there
+    (the next page repeats the lookup's last entry) instead of asking for it again: as
+    many listing requests as a direct client's pages of LIST_PAGE."""
+    d = emu.home() / "top" / "big"
+    d.mkdir(parents=True)
+    for i in range(10_000):
+        (d / f"file-{i:05d}.dat").write_bytes(b"")
+    m = mount_factory(emu)
+    before = len(emu.access_entries())
+    out = run("ls", "-l", str(m.path / "top" / "big")).stdout.splitlines()
+    assert len(out) == 10_001 and len({line.split()[-1] for line in out[1:]}) == 10_000
+    cold = emu.access_entries()[before:]
+    assert all("/files/v2/listings/" in e["path"] for e in cold), {e["path"] for e in cold}
+    pages = [paging(e["query"]) for e in cold if e["path"].rstrip("/").endswith("/big")]
+    assert pages == ["offset=0&limit=100", f"offset=99&limit={LIST_PAGE}",
+                     f"offset={99 + LIST_PAGE - 1}&limit={LIST_PAGE}"], pages
+    assert len(pages) == math.ceil(10_001 / LIST_PAGE)  # the direct client's pages
+
+
 def test_reads_match_backing_files(mnt: Mount, emu):
     data = random.Random(1).randbytes(5 * 1024 * 1024 + 123)
     (emu.home() / "blob.bin").write_bytes(data)
