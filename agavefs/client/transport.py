@@ -86,10 +86,11 @@ BACKOFF_CAP = 4.0
 MAX_ATTEMPTS = 25
 MAX_REDIRECTS = 5
 # idle connections the shared pool keeps per host (at least ``workers``): above the
-# daemon's usual concurrency (FUSE threads, uploads, listing pages, read streams), so
-# that a connection is seldom closed after one request and urllib3 never logs "pool
-# is full" in normal use
-POOL_IDLE = 32
+# daemon's concurrency (16 FUSE threads, uploads, staging looks, listing pages, walk-
+# ahead, sibling prefetch, read streams: ~50 at most), so that a connection is not
+# closed after a burst (urllib3 would log "pool is full").  Only connections a burst
+# needed are ever opened; with a session per thread, each thread kept its own.
+POOL_IDLE = 64
 BODY_READ = 1 << 20  # bytes taken from an upload body per read
 
 
