@@ -348,21 +348,24 @@ class AgaveClient(ReadOps, StagingOps):
                 items = items[1:]
             return self._children(sp, parent[0], items, convert)
 
-        children = collect(self._list_fetcher(sp, "list"), self._list_caps, self.page_size,
-                           key=_entry_key, source=str(sp), convert=parse, submit=self._pages.submit)
+        children = self._collect_listing(sp, parse)
         if not parent:
             raise ProtocolError(f"GET {self._label(sp)}: empty listing")
         return parent[0], children
+
+    def _collect_listing(self, sp: SysPath, convert: Callable[[list, int], list], **kw) -> list:
+        """paging.collect over the listing of ``sp`` in pages of ``page_size``, the next
+        page asked for while one is converted; ``kw``: where it starts (start, after)."""
+        return collect(self._list_fetcher(sp, "list"), self._list_caps, self.page_size,
+                       key=_entry_key, source=str(sp), convert=convert, submit=self._pages.submit, **kw)
 
     def _list_after(self, sp: SysPath, head: _Head, convert) -> list | None:
         """The children after ``head``, converted; None when the directory shifted
         before the head's end (it is then listed from the start)."""
         names = {c.name for c in head.children}  # a name is listed once
         try:
-            return collect(self._list_fetcher(sp, "list"), self._list_caps, self.page_size,
-                           key=_entry_key, source=str(sp), start=head.offset, after=head.last,
-                           convert=lambda items, _: self._children(sp, head.me, items, convert, names),
-                           submit=self._pages.submit)
+            return self._collect_listing(sp, lambda items, _: self._children(sp, head.me, items, convert, names),
+                                         start=head.offset, after=head.last)
         except Shifted:
             self.log.debug("listing of %s: changed since its first page; from the start",
                            self._label(sp))
