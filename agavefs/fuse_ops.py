@@ -55,8 +55,9 @@ UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 FUSE_READDIR_PLUS = 1
 FUSE_FILL_DIR_PLUS = 2
-# readdir answers kept packed for the kernel (AgaveFUSE._packed): directories, entries in all
-PACKED_DIRS = 8
+# readdir answers kept packed for the kernel (AgaveFUSE._packed): directories, entries in
+# all (as many directories as the VFS keeps answers for: a warm find re-packs nothing)
+PACKED_DIRS = 1024
 PACKED_ENTRIES = 20_000
 
 

@@ -62,8 +62,9 @@ RELIST_MAX = 1000  # a lookup miss re-lists a cached directory this small (<= 3 
 # (limit=100, the server's default page): the next lookups in it cost nothing
 LOOKUP_CHILDREN = 99
 # readdir keeps its last answer for this many directories, this many entries in all: an
-# unchanged directory read again (ls, a file manager's refresh) is answered as it was
-READDIR_KEPT = 16
+# unchanged directory read again (ls, a file manager's refresh, every directory of a
+# tree walked again by find or du) is answered as it was; the entries bound the memory
+READDIR_KEPT = 1024
 READDIR_KEPT_ENTRIES = 20_000
 
 
@@ -320,8 +321,7 @@ class VFS(NamespaceOps, WriteOps):
             with self._readdir_lock:
                 self._readdirs.put(path, out)
         if self.walk is not None:
-            self.walk.entered(path, lambda: self._unlisted_subdirs(path, listing)
-                              + self._unlisted_subdirs(posixpath.dirname(path)))
+            self.walk.entered(path, lambda d: self._unlisted_subdirs(d, listing if d == path else None))
         return out
 
     def _unlisted_subdirs(self, path: str, listing=None) -> list[str]:

@@ -39,6 +39,7 @@ log = logging.getLogger("agavefs.vfs")
 WALK_WINDOW = 30.0  # a readdir within this long of one of its ancestor's continues a walk
 QUEUE_MAX = 512
 RECENT_MAX = 4096
+SETTLED_FOR = 1.0  # s a directory with every subdirectory listed is not looked at again
 
 
 class WalkAhead:
@@ -48,30 +49,35 @@ class WalkAhead:
         self._queue: deque[str] = deque()  # protected by _cond
         self._queued: set[str] = set()  # protected by _cond
         self._recent: OrderedDict[str, float] = OrderedDict()  # dir -> last readdir in it or below
+        self._settled: OrderedDict[str, float] = OrderedDict()  # dir -> when found all listed
         self.prefetched = 0  # listings fetched ahead (status)
         self._workers = Workers("walk", workers, self._cond, self._queue, self._list_one)
 
-    def entered(self, path: str, candidates: Callable[[], Iterable[str]]) -> None:
+    def entered(self, path: str, unlisted: Callable[[str], list[str]]) -> None:
         """A readdir of ``path`` by a user (its listing is known): when it continues a
-        walk, queue ``candidates()`` (its subdirectories, then its siblings) for listing
-        ahead; they are not computed otherwise (a readdir is on the FUSE hot path)."""
+        walk, queue ``unlisted(d)`` (the subdirectories of ``d`` not listed yet) for
+        ``path`` then for its parent (its siblings); they are not computed otherwise,
+        nor for a directory settled moments ago (a readdir is on the FUSE hot path)."""
         now = time.monotonic()
         with self._cond:
             parent = posixpath.dirname(path)
             walking = path != "/" and now - self._recent.get(parent, float("-inf")) < WALK_WINDOW
-            p = path
-            while True:  # the walk is alive in every ancestor (a long subtree keeps it so)
-                self._recent[p] = now
-                self._recent.move_to_end(p)
-                if p == "/":
-                    break
-                p = posixpath.dirname(p)
-            while len(self._recent) > RECENT_MAX:
-                self._recent.popitem(last=False)
+            _touch(self._recent, path, now, ancestors=True)
             if not walking or self._workers.stopping:
                 return
-        wanted = candidates()
+            look = [d for d in (path, parent) if now - self._settled.get(d, float("-inf")) >= SETTLED_FOR]
+        if not look:
+            return
+        wanted: list[str] = []
+        settled: list[str] = []
+        for d in look:
+            found = unlisted(d)
+            wanted += found
+            if not found:
+                settled.append(d)
         with self._cond:
+            for d in settled:
+                _touch(self._settled, d, now)
             if self._workers.stopping:
                 return
             added = 0
@@ -97,3 +103,17 @@ class WalkAhead:
         finally:
             with self._cond:
                 self._queued.discard(path)
+
+
+def _touch(times: OrderedDict[str, float], path: str, now: float, ancestors: bool = False) -> None:
+    """Record ``now`` for ``path`` (and each of its ancestors) in the bounded LRU
+    ``times`` (RECENT_MAX entries)."""
+    p = path
+    while True:
+        times[p] = now
+        times.move_to_end(p)
+        if not ancestors or p == "/":
+            break
+        p = posixpath.dirname(p)
+    while len(times) > RECENT_MAX:
+        times.popitem(last=False)

@@ -5,12 +5,14 @@ through a real mount with ``find`` in tests/mount/test_mount_browse.py."""
 
 from __future__ import annotations
 
+import collections
 import posixpath
 import threading
 import time
 
 import pytest
 
+from agavefs.vfs import walkahead
 from memory_backend import MemoryBackend
 
 
@@ -109,3 +111,51 @@ def test_concurrent_readdirs_of_one_directory_share_the_request(backend, make_vf
         t.join()
     assert len(results) == 6 and all(r == results[0] for r in results)
     assert backend.calls["list"] == before + 1
+
+
+def _count_looks(vfs, monkeypatch) -> collections.Counter:
+    """How many times walk-ahead looks for the unlisted subdirectories of each directory."""
+    looks: collections.Counter = collections.Counter()
+    real = vfs._unlisted_subdirs
+
+    def counting(path, listing=None):
+        looks[path] += 1
+        return real(path, listing)
+
+    monkeypatch.setattr(vfs, "_unlisted_subdirs", counting)
+    return looks
+
+
+def test_a_warm_walk_looks_at_each_directory_once(backend, make_vfs, monkeypatch):
+    monkeypatch.setattr(walkahead, "SETTLED_FOR", 0.3)
+    dirs = make_tree(backend)
+    vfs = make_vfs(backend, walk_ahead=8)
+    walk(vfs, "/t")  # cold: every directory listed
+    time.sleep(0.4)  # nothing settled any more
+    looks = _count_looks(vfs, monkeypatch)
+    listed = backend.calls["list"]
+    assert sorted(walk(vfs, "/t")) == sorted(dirs)
+    assert backend.calls["list"] == listed
+    # each directory once: not again for each of its subdirectories (a parent of 4
+    # leaves was looked at 4 times, its siblings' subdirectories each time)
+    assert set(dirs) <= set(looks) and max(looks.values()) == 1, looks.most_common(3)
+
+
+def test_a_directory_is_looked_at_again_once_settled_long_enough(backend, make_vfs, monkeypatch):
+    monkeypatch.setattr(walkahead, "SETTLED_FOR", 0.3)
+    make_tree(backend)
+    vfs = make_vfs(backend, walk_ahead=8)
+    walk(vfs, "/t")
+    vfs.readdir("/t/d1/d0")  # a walk in /t/d1 finds all of its subdirectories listed
+    vfs.meta.invalidate_listing("/t/d1/d2")
+    vfs.readdir("/t/d1")  # settled moments ago: not looked at, nothing listed ahead
+    time.sleep(0.2)
+    listed = backend.calls["list"]
+    assert not vfs.meta.has_listing("/t/d1/d2")
+    time.sleep(0.2)
+    vfs.readdir("/t/d1")  # settled 0.4 s ago: looked at, its unlisted subdirectory listed ahead
+    for _ in range(100):
+        if vfs.meta.has_listing("/t/d1/d2"):
+            break
+        time.sleep(0.01)
+    assert vfs.meta.has_listing("/t/d1/d2") and backend.calls["list"] == listed + 1
