@@ -324,12 +324,12 @@ class VFS(NamespaceOps, WriteOps):
             self.walk.entered(path, lambda d: self._unlisted_subdirs(d, listing if d == path else None))
         return out
 
-    def _unlisted_subdirs(self, path: str, listing=None) -> list[str]:
+    def _unlisted_subdirs(self, path: str, listing=None) -> list[str] | None:
         """The subdirectories of ``path`` (from its cached listing) whose own listing is
-        not cached: what walk-ahead may list."""
+        not cached: what walk-ahead may list; None when ``path``'s listing is not cached."""
         listing = listing or self.meta.listing(path)
         if listing is None:
-            return []
+            return None
         subdirs = [posixpath.join(path, name) for name, e in listing.children.items()
                    if e.is_dir and not is_temp_name(name)]
         return [d for d in subdirs if not self.meta.has_listing(d)]

@@ -30,7 +30,7 @@ import posixpath
 import threading
 import time
 from collections import OrderedDict, deque
-from typing import Callable, Iterable
+from typing import Callable
 
 from agavefs.vfs.workers import Workers
 
@@ -53,11 +53,12 @@ class WalkAhead:
         self.prefetched = 0  # listings fetched ahead (status)
         self._workers = Workers("walk", workers, self._cond, self._queue, self._list_one)
 
-    def entered(self, path: str, unlisted: Callable[[str], list[str]]) -> None:
+    def entered(self, path: str, unlisted: Callable[[str], list[str] | None]) -> None:
         """A readdir of ``path`` by a user (its listing is known): when it continues a
-        walk, queue ``unlisted(d)`` (the subdirectories of ``d`` not listed yet) for
-        ``path`` then for its parent (its siblings); they are not computed otherwise,
-        nor for a directory settled moments ago (a readdir is on the FUSE hot path)."""
+        walk, queue ``unlisted(d)`` (the subdirectories of ``d`` not listed yet; None
+        when ``d``'s own listing is not known) for ``path`` then for its parent (its
+        siblings); they are not computed otherwise, nor for a directory settled moments
+        ago (a readdir is on the FUSE hot path)."""
         now = time.monotonic()
         with self._cond:
             parent = posixpath.dirname(path)
@@ -72,6 +73,8 @@ class WalkAhead:
         settled: list[str] = []
         for d in look:
             found = unlisted(d)
+            if found is None:
+                continue  # nothing known of it yet: not settled
             wanted += found
             if not found:
                 settled.append(d)

@@ -159,3 +159,21 @@ def test_a_directory_is_looked_at_again_once_settled_long_enough(backend, make_v
             break
         time.sleep(0.01)
     assert vfs.meta.has_listing("/t/d1/d2") and backend.calls["list"] == listed + 1
+
+
+def test_a_directory_whose_listing_is_unknown_is_not_settled():
+    looks: collections.Counter = collections.Counter()
+
+    def unlisted(d):
+        looks[d] += 1
+        return None if d == "/t" else []  # /t's listing is not cached
+
+    w = walkahead.WalkAhead(lambda path: False, 1)
+    try:
+        w.entered("/t", unlisted)  # the walk starts: nothing looked at
+        w.entered("/t/a", unlisted)  # looks at /t/a (settled: no subdirectory) and /t
+        w.entered("/t/b", unlisted)  # /t again (its subdirectories are still unknown)
+        w.entered("/t/a", unlisted)  # /t/a settled moments ago: only /t
+    finally:
+        w.stop()
+    assert looks == {"/t/a": 1, "/t/b": 1, "/t": 3}
