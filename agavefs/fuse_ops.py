@@ -47,6 +47,7 @@ os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 import mfusepy as fuse  # noqa: E402  (needs FUSE_LIBRARY_NAME first)
 
 from agavefs.errors import to_errno  # noqa: E402
+from agavefs.vfs.core import READDIR_KEPT, READDIR_KEPT_ENTRIES  # noqa: E402
 from agavefs.vfs.memo import SizedLRU  # noqa: E402
 
 log = logging.getLogger("agavefs.fuse")
@@ -55,10 +56,10 @@ UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 FUSE_READDIR_PLUS = 1
 FUSE_FILL_DIR_PLUS = 2
-# readdir answers kept packed for the kernel (AgaveFUSE._packed): directories, entries in
-# all (as many directories as the VFS keeps answers for: a warm find re-packs nothing)
-PACKED_DIRS = 1024
-PACKED_ENTRIES = 20_000
+# readdir answers kept packed for the kernel (AgaveFUSE._packed): the answers the VFS
+# keeps (directories, entries in all), so a warm find re-packs nothing
+PACKED_DIRS = READDIR_KEPT
+PACKED_ENTRIES = READDIR_KEPT_ENTRIES
 
 
 def _ns(seconds: float) -> int:
