@@ -53,6 +53,17 @@ def test_a_packed_stat_is_what_set_st_attrs_writes(attrs):
 
 
 @settings(max_examples=100, deadline=None)
+@given(ATTRS)
+def test_a_stat_whose_three_times_are_one_is_packed_alike(attrs):
+    """The VFS gives atime, mtime and ctime one value (Agave keeps one): the packer
+    converts it once."""
+    attrs["st_atime"] = attrs["st_ctime"] = attrs["st_mtime"]
+    assert _packed(attrs) == _by_mfusepy(attrs)
+    attrs["st_ctime"] += 1.5
+    assert _packed(attrs) == _by_mfusepy(attrs)
+
+
+@settings(max_examples=100, deadline=None)
 @given(ATTRS, hst.sampled_from(["st_blocks", "st_atime", "st_nlink"]))
 def test_attributes_of_another_shape_take_the_field_by_field_way(attrs, missing):
     del attrs[missing]
