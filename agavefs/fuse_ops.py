@@ -142,10 +142,15 @@ except (AttributeError, KeyError, TypeError, ValueError):  # another platform's 
     _STAT_PACKER = None
 
 
+def _set_field_by_field(stat, attrs: dict) -> None:
+    """mfusepy's way, for attributes the packer does not take (or no packer)."""
+    ctypes.memset(ctypes.byref(stat), 0, ctypes.sizeof(stat))
+    fuse.set_st_attrs(stat, _to_ns(attrs), use_ns=True)
+
+
 def _fill_stat(stat, attrs: dict) -> None:
     if _STAT_PACKER is None or not _STAT_PACKER.pack(stat, attrs):
-        ctypes.memset(ctypes.byref(stat), 0, ctypes.sizeof(stat))
-        fuse.set_st_attrs(stat, _to_ns(attrs), use_ns=True)
+        _set_field_by_field(stat, attrs)
 
 
 PINNED_MAX = 64  # thread states kept for libfuse threads over the mount's life
@@ -404,5 +409,5 @@ class _PackedDir:
                 continue
             # packed in place in the array (10,000 entries for a cold ls -l)
             if pack is None or not pack(stats, attrs, index * size):
-                _fill_stat(stats[index], attrs)
+                _set_field_by_field(stats[index], attrs)
             fills.append(0 if name in (".", "..") else FUSE_FILL_DIR_PLUS)
