@@ -208,9 +208,8 @@ def prime_memory(wl: str, sizes: dict) -> None:
 # run once with harmless arguments right after the drop (see warm_commands): the end of a
 # write, and the command that is the workload (ls -l also reads the user and group files)
 UNMOUNT_COMMANDS = [agavefs_cmd("umount", "--help"), ["fusermount3", "-V"]]
-WORKLOAD_COMMANDS = {"write256": UNMOUNT_COMMANDS, "small1000": UNMOUNT_COMMANDS,
-                     "ls10k": [["ls", "-l", "/"]], "find": [["find", "/", "-maxdepth", "0"]],
-                     "du": [["du", "-s", "/etc/hostname"]]}
+WORKLOAD_COMMANDS = {"ls10k": [["ls", "-l", "/"]], "find": [["find", "/", "-maxdepth", "0"]],
+                     "du": [["du", "-s", "/etc/hostname"]]}  # and UNMOUNT_COMMANDS for WRITES
 
 
 def warm_commands(wl: str) -> None:
@@ -224,7 +223,7 @@ def warm_commands(wl: str) -> None:
     right after a drop, 0.04 s warm; a cold ``ls -l`` sent its first request to the
     mount 11-13 ms after it started, the direct client 0.6 ms).  Done for every tool
     alike; the mounted data and the server's stay cold."""
-    for cmd in WORKLOAD_COMMANDS.get(wl, []):
+    for cmd in UNMOUNT_COMMANDS if wl in WRITES else WORKLOAD_COMMANDS.get(wl, []):
         try:
             subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            timeout=60, cwd=REPO)
