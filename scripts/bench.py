@@ -204,18 +204,18 @@ def prime_memory(wl: str, sizes: dict) -> None:
             m.write(block)
 
 
-# the programs a measurement starts after the caches are dropped (the mounted data aside),
-# run once with harmless arguments right after the drop (see warm_commands): the end of a
-# write, and the command that is the workload (ls -l also reads the user and group files)
+# the workloads that are a command over a directory of the tree: (argv, directory)
+COMMAND_WORKLOADS = {"ls10k": (["ls", "-l"], "dir10k"), "find": (["find"], "tree"),
+                     "du": (["du", "-s"], "tree")}
+# the programs that end a write (its unmount), run with harmless arguments by warm_commands
 UNMOUNT_COMMANDS = [agavefs_cmd("umount", "--help"), ["fusermount3", "-V"]]
-WORKLOAD_COMMANDS = {"ls10k": [["ls", "-l", "/"]], "find": [["find", "/", "-maxdepth", "0"]],
-                     "du": [["du", "-s", "/etc/hostname"]]}  # and UNMOUNT_COMMANDS for WRITES
 
 
 def warm_commands(wl: str) -> None:
     """Start, once, the programs a measurement of ``wl`` runs (``agavefs umount``: a
     Python interpreter and the project's modules; ``fusermount3``; ``ls``, ``find``,
-    ``du``), just after ``drop_caches``, on paths outside the mounts.
+    ``du``, with the workload's own options, over the bench's ``scripts/`` directory),
+    just after ``drop_caches``, on paths outside the mounts.
 
     The direct client each tool is compared with is a process that is already running
     with its modules loaded: without this, a tool paid for reading a program back from
@@ -223,7 +223,13 @@ def warm_commands(wl: str) -> None:
     right after a drop, 0.04 s warm; a cold ``ls -l`` sent its first request to the
     mount 11-13 ms after it started, the direct client 0.6 ms).  Done for every tool
     alike; the mounted data and the server's stay cold."""
-    for cmd in UNMOUNT_COMMANDS if wl in WRITES else WORKLOAD_COMMANDS.get(wl, []):
+    if wl in WRITES:
+        commands = UNMOUNT_COMMANDS
+    elif wl in COMMAND_WORKLOADS:
+        commands = [COMMAND_WORKLOADS[wl][0] + [str(REPO / "scripts")]]
+    else:
+        commands = []
+    for cmd in commands:
         try:
             subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            timeout=60, cwd=REPO)
@@ -935,12 +941,9 @@ def fs_workload(wl: str, root: Path, ctx: Ctx, mount: FsMount) -> tuple[float, d
         return fs_write(root, ctx, mount)
     if wl == "small1000":
         return fs_small(root, ctx, mount)
-    if wl == "ls10k":
-        return run_cmd(["ls", "-l", str(b / "dir10k")])
-    if wl == "find":
-        return run_cmd(["find", str(b / "tree")])
-    if wl == "du":
-        return run_cmd(["du", "-s", str(b / "tree")])
+    if wl in COMMAND_WORKLOADS:
+        argv, directory = COMMAND_WORKLOADS[wl]
+        return run_cmd(argv + [str(b / directory)])
     if wl == "catsmall":
         return fs_cat_small(root, ctx)
     raise ValueError(wl)
