@@ -179,6 +179,10 @@ class EmulatorServer:
             stop.set()
 
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        from .server import keep_freed_memory
+
+        if not keep_freed_memory():
+            log.info("freed heap memory goes back to the kernel (no glibc mallopt)")
         try:
             self.start()
             print(self.url, file=out, flush=True)
