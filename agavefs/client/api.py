@@ -77,7 +77,7 @@ from agavefs.client.models import ClientStats, RemoteEntry, parse_entry, usable_
 from agavefs.client.paging import PageCaps, PageThreads, Shifted, collect
 from agavefs.client.paths import SysPath, check_name
 from agavefs.client.reading import ReadOps
-from agavefs.client.responses import Redactor, unwrap
+from agavefs.client.responses import Redactor, parse_json, unwrap
 from agavefs.client.staging import StagingOps
 from agavefs.client.transport import IDEMPOTENT, SAFE, UPLOAD, Body, CountingReader, CountingStream, Transport
 
@@ -476,8 +476,8 @@ class AgaveClient(ReadOps, StagingOps):
     @staticmethod
     def _message(resp) -> str:
         try:
-            data = resp.json()
-        except ValueError:
+            data = parse_json(resp.content)
+        except ProtocolError:
             return ""
         return data.get("message", "") if isinstance(data, dict) and isinstance(
             data.get("message"), str) else ""
