@@ -31,6 +31,7 @@ from pathlib import Path
 
 from agavefs import control, known_servers, logs
 from agavefs.errors import AgaveFSError, AuthError
+from agavefs.vfs.reader import CHUNK
 
 log = logging.getLogger("agavefs.mount")
 
@@ -235,6 +236,7 @@ def fuse_options(args, info: dict, extra: list[str]) -> dict:
         "default_permissions": True,
         "max_threads": FUSE_THREADS,
         "noatime": True,
+        "max_read": CHUNK,  # fuse_ops.MAX_READ: one read-ahead chunk a request
     }
     if args.read_only:
         kw["ro"] = True

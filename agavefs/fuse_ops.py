@@ -14,6 +14,13 @@ What is here beyond translation is libfuse plumbing:
 * The only state here is derived: the packed form of the last few readdir answers
   (``AgaveFUSE._packed``; the VFS hands out the same entries list while a directory
   does not change, so a warm ``ls -l`` re-packs nothing).
+* ``read_buf`` (libfuse's read with buffers, used instead of ``read``) answers with a
+  ``struct fuse_bufvec`` in malloc'd memory that libfuse frees: bytes in one malloc'd
+  buffer (what mfusepy's ``read`` does), or a read-ahead chunk held in pipes
+  (vfs/pipes.py) as file-descriptor buffers, which libfuse splices on to /dev/fuse
+  (FUSE_CAP_SPLICE_WRITE is asked for at init).  The pipes are closed at the same
+  thread's next read_buf: libfuse is done with them when read_buf's caller returns.
+  A cold read of 1 GiB: the daemon's CPU 0.75-0.8 s -> 0.38-0.47 s.
 * ``utimens`` decodes UTIME_NOW / UTIME_OMIT, which arrive as raw nanosecond values.
 * Each libfuse worker thread keeps its Python thread state (``_pin_thread_state``):
   ctypes wraps every callback from a foreign thread in PyGILState_Ensure/Release,
@@ -48,6 +55,7 @@ import mfusepy as fuse  # noqa: E402  (needs FUSE_LIBRARY_NAME first)
 
 from agavefs.errors import to_errno  # noqa: E402
 from agavefs.vfs.core import READDIR_KEPT, READDIR_KEPT_ENTRIES  # noqa: E402
+from agavefs.vfs.reader import CHUNK  # noqa: E402
 from agavefs.vfs.memo import SizedLRU  # noqa: E402
 
 log = logging.getLogger("agavefs.fuse")
@@ -176,6 +184,67 @@ def pinned_threads() -> int:
     return _pins["count"]
 
 
+# -- read_buf: replies as libfuse buffers ----------------------------------------------
+FUSE_CAP_SPLICE_WRITE = 1 << 7
+# the largest read the kernel sends: one read-ahead chunk, which fits with its reply
+# header in one pipe of /proc/sys/fs/pipe-max-size (1 MiB), so libfuse can splice it
+MAX_READ = CHUNK
+FUSE_BUF_IS_FD = 1 << 1
+_libc = ctypes.CDLL(None)
+_libc.malloc.restype = ctypes.c_void_p
+_libc.malloc.argtypes = [ctypes.c_size_t]
+_libc.free.restype = None
+_libc.free.argtypes = [ctypes.c_void_p]
+# PipeData handed to libfuse, by thread: libfuse splices them on right after read_buf
+# returns, in the same thread, so they are closed at that thread's next read_buf
+_handed: dict[int, object] = {}
+
+
+@functools.lru_cache(maxsize=None)
+def _bufvec_type(count: int):
+    """libfuse's ``struct fuse_bufvec`` with ``count`` buffers (mfusepy declares its
+    ``buf`` member as a pointer; it is an array in the struct)."""
+    class FuseBufvec(ctypes.Structure):
+        _fields_ = [("count", ctypes.c_size_t), ("idx", ctypes.c_size_t), ("off", ctypes.c_size_t),
+                    ("buf", fuse.fuse_buf * count)]
+    return FuseBufvec
+
+
+def _bufvec(data):
+    """A ``fuse_bufvec`` in malloc'd memory for libfuse to reply with and free: bytes are
+    copied into one malloc'd buffer (as mfusepy's read does), a ``PipeData``'s pipes go
+    as file-descriptor buffers."""
+    segments = getattr(data, "segments", None)
+    vec_type = _bufvec_type(len(segments) if segments else 1)
+    vec_p = _libc.malloc(ctypes.sizeof(vec_type))
+    if not vec_p:
+        raise MemoryError("no memory for a read reply")
+    vec = vec_type.from_address(vec_p)
+    ctypes.memset(vec_p, 0, ctypes.sizeof(vec_type))
+    if segments:
+        _handed[threading.get_ident()] = data
+        vec.count = len(segments)
+        for buf, (fd, n) in zip(vec.buf, segments):
+            buf.size, buf.flags, buf.fd = n, FUSE_BUF_IS_FD, fd
+    else:
+        if segments is not None:  # a PipeData without pipes holds no bytes
+            data = b""
+        mem = _libc.malloc(max(1, len(data)))
+        if not mem:
+            _libc.free(vec_p)
+            raise MemoryError("no memory for a read reply")
+        ctypes.memmove(mem, data, len(data))
+        vec.count = 1
+        vec.buf[0].size, vec.buf[0].mem = len(data), mem
+    return ctypes.cast(vec_p, fuse.fuse_bufvec_p)
+
+
+def _close_handed_pipes() -> None:
+    data = _handed.pop(threading.get_ident(), None)
+    if data is not None:
+        data.close()
+
+
 def translated(method):
     """Run a callback, log it at debug level, and turn every exception into an errno."""
     name = method.__name__
@@ -224,6 +293,9 @@ class AgaveOperations(fuse.Operations):
             # calls on such descriptors arrive without a path
             config_3.hard_remove = 1
             config_3.nullpath_ok = 1
+        if conn_info is not None:  # read_buf's chunks held in pipes are spliced on to the kernel
+            conn_info.want |= conn_info.capable & FUSE_CAP_SPLICE_WRITE
+            conn_info.max_read = MAX_READ  # libfuse insists it equals the max_read mount option
         if self._on_init is not None:
             self._on_init()
 
@@ -323,6 +395,18 @@ class AgaveOperations(fuse.Operations):
         return self.vfs.read(fh, offset, size)
 
     @translated
+    def read_buf(self, path, bufpp, size, offset, fh):
+        _close_handed_pipes()
+        data = self.vfs.read(fh, offset, size, pipes=True)
+        try:
+            bufpp[0] = _bufvec(data)
+        except BaseException:
+            if hasattr(data, "segments"):
+                data.close()
+            raise
+        return 0
+
+    @translated
     def write(self, path, data, offset, fh):
         return self.vfs.write(fh, data, offset)
 
@@ -356,6 +440,11 @@ class AgaveFUSE(fuse.FUSE):
         self._packed_lock = threading.Lock()
         self._packed_dirs = packed_memo()  # id(entries) -> _PackedDir
         super().__init__(*args, **kwargs)  # runs the session
+
+    def read_buf(self, path, bufpp, size, offset, fip):
+        # mfusepy's own decodes the path, which is NULL for an unlinked open file
+        return self.operations.read_buf(None if path is None else path.decode(self.encoding, self.errors),
+                                        bufpp, size, offset, fip.contents.fh)
 
     def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
         packed = self._packed(self.operations.readdir_entries(fip.contents.fh))

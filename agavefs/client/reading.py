@@ -33,7 +33,11 @@ Locks: none.  A ReadStream belongs to one thread at a time.
 
 from __future__ import annotations
 
+import os
 import re
+import select
+import socket
+import ssl
 
 import requests
 import urllib3.exceptions
@@ -43,6 +47,7 @@ from agavefs.client.paths import SysPath
 from agavefs.client.transport import describe_exception
 
 SKIP_CHUNK = 1 << 20
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_NONBLOCK", 0)  # 0: no splice(2) here
 MAX_STALLED_RESUMES = 2
 MAX_RESUMES = 64
 _CR_RE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.I)
@@ -69,6 +74,13 @@ def _int_header(resp: requests.Response, name: str) -> int | None:
     if n < 0:
         raise ProtocolError(f"negative {name} header")
     return n
+
+
+def _ready(fd: int, events: int, timeout_ms: int) -> bool:
+    """Is ``fd`` ready for ``events`` within ``timeout_ms`` (-1: no limit)?"""
+    poller = select.poll()
+    poller.register(fd, events)
+    return bool(poller.poll(timeout_ms))
 
 
 class _BodyError(Exception):
@@ -98,6 +110,9 @@ class ReadStream:
         self._stalled = 0
         self._resumes = 0
         self._closed = False
+        # the current response's socket and the bytes its parser holds past the headers,
+        # once it is spliced from (splice_into); None: not yet looked at, False: cannot
+        self._splice: tuple | bool | None = None
 
     # -- public -------------------------------------------------------------------------
     def read(self, n: int = -1) -> bytes:
@@ -137,6 +152,45 @@ class ReadStream:
         if len(parts) == 1:
             return parts[0]  # the usual case: one body read, no copy
         return b"".join(parts)
+
+    def splice_into(self, fd: int, n: int) -> int | None:
+        """Move the next bytes, up to ``n``, into the pipe ``fd`` (opened non-blocking)
+        without passing them through Python: until ``n`` are moved, the pipe is full
+        or the range ends (0 then).  None when this stream cannot splice: nothing was
+        moved, use ``read``."""
+        if self._closed:
+            raise ValueError("splice from a closed ReadStream")
+        moved = 0
+        while moved < n:
+            want = min(n - moved, self.end - self.pos + 1)
+            if want <= 0:
+                break
+            if self._resp is None and not self._open():
+                break  # the file ends before `end`
+            sock = self._splice_socket()
+            if sock is None:
+                return moved or None
+            try:
+                got = self._splice_body(sock, fd, want if self._owed is None else min(want, self._owed))
+            except _BodyError as exc:
+                self._resume(str(exc))
+                continue
+            if got is None:
+                break  # the pipe is full
+            if not got:
+                if self._owed == 0:  # the response gave all it promised; ask for the rest
+                    self._release()
+                    continue
+                self._resume(f"the body ended {self._owed} byte(s) early")
+                continue
+            self._owed -= got
+            self.pos += got
+            moved += got
+            self._stalled = 0
+            self._client.stats.add_down(got)
+        if self.pos > self.end:
+            self._release()
+        return moved
 
     def readinto(self, buf) -> int:
         data = self.read(len(buf))
@@ -263,6 +317,59 @@ class ReadStream:
                 self._resume("the body ended early while skipping")
 
     # -- body ----------------------------------------------------------------------------
+    def _splice_socket(self):
+        """The current response's socket if its body can be spliced, else None (and
+        the response is read as usual)."""
+        if self._splice is None:
+            self._splice = False
+            resp = self._resp.raw
+            try:
+                parsed = resp._fp  # http.client's response: its buffered reader, its mode
+                buffered, chunked = parsed.fp, parsed.chunked
+                # the socket the body comes from (the connection lets go of it when the
+                # answer says "Connection: close")
+                sock = buffered.raw._sock
+                pending = len(getattr(resp, "_decoded_buffer", b""))
+            except AttributeError:  # another urllib3: read instead
+                return None
+            if (not _SPLICE_FLAGS or self._encoded or self._owed is None or chunked or pending
+                    or buffered is None or not isinstance(sock, socket.socket)
+                    or isinstance(sock, ssl.SSLSocket)):
+                return None
+            self._splice = (sock, buffered, None)  # None: the parser's bytes not yet taken
+        return self._splice[0] if self._splice else None
+
+    def _splice_body(self, sock, fd: int, n: int) -> int | None:
+        """Up to ``n`` body bytes into the pipe ``fd``: how many (0 at the body's end),
+        None if the pipe is full.  Raises _BodyError when the connection fails."""
+        sock, buffered, head = self._splice
+        try:
+            if head is None:  # the bytes the parser read past the headers come first
+                head = buffered.peek(1)[:self._owed] if self._owed else b""
+                if head:
+                    head = buffered.read(len(head))
+                self._splice = (sock, buffered, head)
+            if head:
+                try:
+                    k = os.write(fd, head[:n])
+                except BlockingIOError:
+                    return None
+                self._splice = (sock, buffered, head[k:])
+                return k
+            timeout = sock.gettimeout()
+            wait = -1 if timeout is None else max(1, int(timeout * 1000))
+            while True:
+                try:
+                    return os.splice(sock.fileno(), fd, n, flags=_SPLICE_FLAGS)
+                except BlockingIOError:
+                    pass  # nothing received yet, or the pipe is full
+                if not _ready(fd, select.POLLOUT, 0):
+                    return None
+                if not _ready(sock.fileno(), select.POLLIN, wait):
+                    raise socket.timeout("timed out")
+        except (OSError, ValueError) as exc:
+            raise _BodyError(describe_exception(exc)) from None
+
     def _read_body(self, n: int) -> bytes:
         if self._owed is not None:
             n = min(n, self._owed)
@@ -303,6 +410,7 @@ class ReadStream:
         self._client.log.info("GET %s: %s at byte %d; resuming", self.path, why, self.pos)
 
     def _release(self) -> None:
+        self._splice = None
         if self._resp is not None:
             try:
                 self._resp.close()

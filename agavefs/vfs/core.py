@@ -47,6 +47,7 @@ from agavefs.vfs.metadata import ABSENT, MetaCache
 from agavefs.vfs.namespace import NamespaceOps
 from agavefs.vfs.nodes import BLOCK, FileNode, Handle
 from agavefs.vfs.options import Options
+from agavefs.vfs.pipes import PipeData
 from agavefs.vfs.reader import MemoryReader, ReadBudget, RemoteReader
 from agavefs.vfs.siblings import SiblingPrefetch
 from agavefs.vfs.spool import SpoolStore
@@ -508,14 +509,16 @@ class VFS(NamespaceOps, WriteOps):
             raise AgaveFSError("stale file handle", errno=errno.EBADF)
         return handle
 
-    def read(self, fh: int, offset: int, size: int) -> bytes:
+    def read(self, fh: int, offset: int, size: int, pipes: bool = False) -> bytes | PipeData:
+        """The bytes; with ``pipes``, possibly a ``PipeData`` that the caller hands on
+        (it is read once) and closes (vfs/pipes.py)."""
         handle = self._handle(fh)
         node = handle.node
         if node is None:
             if handle.orphan:  # its name now holds another file, or nothing
                 raise AgaveFSError(f"{handle.path}: the file was deleted or replaced since it was opened",
                                    errno=errno.EIO)
-            data = handle.reader.read(offset, size)
+            data = handle.reader.read(offset, size, pipes)
             if self.siblings is not None and offset + len(data) >= handle.size and not handle.ended:
                 with handle.lock:
                     first, handle.ended = not handle.ended, True
@@ -533,7 +536,7 @@ class VFS(NamespaceOps, WriteOps):
                                                  window_min=self.opts.readahead_min,
                                                  window_max=self.opts.readahead_max, budget=self.budget,
                                                  timeout=self.opts.op_timeout)
-            return handle.reader.read(offset, size)
+            return handle.reader.read(offset, size, pipes)
         try:
             return spool.pread(size, offset)
         finally:

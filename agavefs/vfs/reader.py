@@ -27,9 +27,15 @@ or further behind than KEEP_BEHIND_MAX, count as misses; two in a row close the
 stream (the reader has become random).
 
 Cost per byte matters here (a FUSE read path in Python is CPU-bound): chunks are
-CHUNK (1 MiB, the largest kernel read) and aligned to multiples of it, each one a
-single ``bytes`` read from the socket, so an aligned kernel read is answered with
-that object as it is: one copy from the socket, none in between.
+CHUNK (512 KiB, the largest kernel read: the mount's max_read) and aligned to
+multiples of it.  When the stream can splice (a plain HTTP body), a chunk is a
+``PipeData``: its bytes moved from the socket into pipes inside the kernel, and an
+aligned kernel read that asks for pipes (the FUSE adapter's read_buf) gets it as it
+is, to be spliced on to /dev/fuse: no copy in user space at all (pipes.py).  Else a
+chunk is a single ``bytes`` read from the socket, and an aligned kernel read is
+answered with that object as it is.  A read of part of a chunk held in pipes reads
+the chunk out into bytes first (a PipeData is read once), and a read of a chunk
+handed out already (read again, say after the page cache dropped it) is a ranged read.
 
 Memory: each window is at most ``readahead_max``; the bytes fetched *speculatively*
 by all windows are bounded by ``ReadBudget`` (``readahead_total``).  Bytes a reader
@@ -47,11 +53,16 @@ import threading
 import time
 
 from agavefs.errors import ProtocolError, TimedOut
+from agavefs.vfs import pipes
 from agavefs.vfs.backend import Backend
+from agavefs.vfs.pipes import PipeData
 
 log = logging.getLogger("agavefs.vfs")
 
-CHUNK = 1024 * 1024  # also the largest FUSE read (max_pages 256): one chunk per kernel request
+# also the largest FUSE read (the mount's max_read): one chunk per kernel request, and
+# one that fits with its reply header in a pipe of the default pipe-max-size (1 MiB), so
+# that libfuse splices it to the kernel (with 1 MiB, libfuse copied it: pipes.py)
+CHUNK = 512 * 1024
 KEEP_BEHIND = 4 * 1024 * 1024  # kept behind the furthest read, at first
 KEEP_BEHIND_MAX = 16 * 1024 * 1024  # ... and at most, after late reads (note_late_read)
 # the kernel re-sends a failed read-ahead at once as a plain read of the same offset:
@@ -117,6 +128,7 @@ class Prefetch:
         stream = None
         try:
             stream = self.backend.open_stream(self.path, self.hi, self.file_size)
+            splicing = hasattr(stream, "splice_into")
             while True:
                 with self._cond:
                     while not self._closed and self._full():
@@ -125,12 +137,16 @@ class Prefetch:
                         return
                     hi = self.hi
                     want = min(CHUNK - hi % CHUNK, self.file_size - hi)
-                data = stream.read(want)
+                data = pipes.fetch(stream, want) if splicing else stream.read(want)
                 if len(data) != want:
+                    if isinstance(data, PipeData):
+                        data.close()
                     raise ProtocolError(f"{self.path}: the server ended the file at {hi + len(data)} of "
                                         f"{self.file_size} bytes")
                 with self._cond:
                     if self._closed:
+                        if isinstance(data, PipeData):
+                            data.close()
                         return
                     self._chunks[hi // CHUNK] = data
                     self.hi = hi + want
@@ -159,8 +175,10 @@ class Prefetch:
         return self.budget.used + CHUNK > self.budget.total
 
     # -- reader side -----------------------------------------------------------
-    def get(self, offset: int, size: int) -> bytes | None:
-        """The bytes, or None when [offset, offset+size) is outside this window."""
+    def get(self, offset: int, size: int, pipes: bool = False) -> bytes | PipeData | None:
+        """The bytes, or None when [offset, offset+size) is outside this window.  With
+        ``pipes``, a read of exactly one chunk held in pipes gets that ``PipeData``
+        (the caller closes it) and the window lets go of it."""
         end = min(offset + size, self.file_size)
         with self._cond:
             if offset < self.lo or offset > self.hi + self.window_max:
@@ -185,7 +203,9 @@ class Prefetch:
                     return None
                 if offset < self.lo:  # trimmed away by a reader further ahead while we waited
                     return None
-            data = self._extract(offset, end)
+            data = self._extract(offset, end, pipes)
+            if data is None:  # handed out already (a read of the same bytes again)
+                return None
             if end > self._read_max:
                 self._read_max = end
                 self._trim()
@@ -203,23 +223,42 @@ class Prefetch:
             self.keep_behind = max(self.keep_behind, late)
             return True
 
-    def _extract(self, offset: int, end: int) -> bytes:
-        """Call with _cond held; lo <= offset < end <= hi."""
+    def _extract(self, offset: int, end: int, pipes: bool) -> bytes | PipeData | None:
+        """Call with _cond held; lo <= offset < end <= hi.  None if a chunk in the range
+        was handed out (a PipeData is read once)."""
         first, last = offset // CHUNK, (end - 1) // CHUNK
         if first == last:
-            chunk = self._chunks[first]
+            chunk = self._chunk(first, keep=not pipes)
+            if chunk is None:
+                return None
             cstop = min((first + 1) * CHUNK, self.file_size)
             base = cstop - len(chunk)  # a chunk ends at a boundary or at EOF
             if offset == base and end == cstop:
+                if isinstance(chunk, PipeData):  # handed out whole: the window lets go of it
+                    del self._chunks[first]
+                    self.budget.give(len(chunk))
+                    self._held -= len(chunk)
                 return chunk  # the common case: one aligned kernel request, no copy
+            if isinstance(chunk, PipeData):
+                chunk = self._chunk(first, keep=True)
             return chunk[offset - base:end - base]
         parts = []
         for i in range(first, last + 1):
-            chunk = self._chunks[i]
+            chunk = self._chunk(i, keep=True)
+            if chunk is None:
+                return None
             cstop = min((i + 1) * CHUNK, self.file_size)
             base = cstop - len(chunk)
             parts.append(chunk[max(offset, base) - base:min(end, cstop) - base])
         return b"".join(parts)
+
+    def _chunk(self, index: int, keep: bool) -> bytes | PipeData | None:
+        """Call with _cond held: chunk ``index`` (None if handed out); with ``keep``, as
+        bytes (a chunk in pipes is read out and kept as bytes: reads of parts of it)."""
+        chunk = self._chunks.get(index)
+        if keep and isinstance(chunk, PipeData):
+            chunk = self._chunks[index] = chunk.take_bytes()
+        return chunk
 
     def _trim(self) -> None:
         floor = self._read_max - self.keep_behind
@@ -228,14 +267,20 @@ class Prefetch:
             stop = min((i + 1) * CHUNK, self.file_size)
             if stop > floor:
                 break
-            chunk = self._chunks.pop(i)
-            self.budget.give(len(chunk))
-            self._held -= len(chunk)
+            chunk = self._chunks.pop(i, None)  # None: handed out
+            if chunk is not None:
+                self.budget.give(len(chunk))
+                self._held -= len(chunk)
+                if isinstance(chunk, PipeData):
+                    chunk.close()
             self.lo = stop
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
+            for chunk in self._chunks.values():
+                if isinstance(chunk, PipeData):
+                    chunk.close()
             self._chunks.clear()
             self.budget.give(self._held)
             self._held = 0
@@ -250,7 +295,7 @@ class MemoryReader:
     def __init__(self, path: str, data: bytes):
         self.path, self.data, self.size = path, data, len(data)
 
-    def read(self, offset: int, size: int) -> bytes:
+    def read(self, offset: int, size: int, pipes: bool = False) -> bytes:
         return self.data[offset:offset + size]
 
     def close(self) -> None:
@@ -270,7 +315,8 @@ class RemoteReader:
         self._misses = 0  # protected by _lock
         self._failed: tuple[int, float, TimedOut] | None = None  # protected by _lock
 
-    def read(self, offset: int, size: int) -> bytes:
+    def read(self, offset: int, size: int, pipes: bool = False) -> bytes | PipeData:
+        """The bytes; with ``pipes``, possibly a ``PipeData`` (the caller closes it)."""
         if offset >= self.size or size <= 0:
             return b""
         size = min(size, self.size - offset)
@@ -279,13 +325,13 @@ class RemoteReader:
         if failed is not None and failed[0] == offset and time.monotonic() - failed[1] < FAILED_READ_MEMORY:
             raise failed[2]
         try:
-            return self._read(offset, size)
+            return self._read(offset, size, pipes)
         except TimedOut as exc:
             with self._lock:
                 self._failed = (offset, time.monotonic(), exc)
             raise
 
-    def _read(self, offset: int, size: int) -> bytes:
+    def _read(self, offset: int, size: int, pipes: bool) -> bytes | PipeData:
         with self._lock:
             prefetch = self._prefetch
             # a read continuing the previous one, or a first read of a whole chunk from
@@ -296,7 +342,7 @@ class RemoteReader:
                 prefetch = self._prefetch = self._start(offset)
         if prefetch is not None:
             try:
-                data = prefetch.get(offset, size)
+                data = prefetch.get(offset, size, pipes)
             except (ProtocolError, TimedOut):
                 self.close()
                 raise  # the server broke its promise (EIO, never wrong bytes) or is silent

@@ -45,3 +45,34 @@ def run_login(url, cache_dir, password="demo", *extra, user="demo", timeout=60):
 
 def wait_stored(client, path, size, timeout=30.0, stall=20.0):
     return client.wait_staged(path, size, time.monotonic() + timeout, stall_timeout=stall)
+
+
+def splice_all(stream, step: int) -> bytes:
+    """Everything left in ``stream``, moved by ``splice_into`` through pipes of the
+    default size (so a pipe also fills before ``step``), as bytes; AssertionError if
+    the stream says it cannot splice."""
+    out = bytearray()
+    while True:
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            n = stream.splice_into(w, step)
+            assert n is not None, "this stream cannot splice"
+            if not n:
+                return bytes(out)
+            left = n
+            while left:
+                part = os.read(r, left)
+                assert part, "the pipe holds fewer bytes than splice_into said"
+                out += part
+                left -= len(part)
+            assert not _pipe_has_more(r)
+        finally:
+            os.close(r)
+            os.close(w)
+
+
+def _pipe_has_more(fd: int) -> bool:
+    try:
+        return bool(os.read(fd, 1))
+    except BlockingIOError:
+        return False

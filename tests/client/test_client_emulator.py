@@ -14,7 +14,7 @@ from agavefs.client.api import LIST_PAGE
 from agavefs.client.transport import TLSError
 from agavefs.errors import (AlreadyExists, IsADirectory, NotADirectory, NotFound, PermissionDenied,
                             TimedOut)
-from client_support import client_for, run_login, wait_stored
+from client_support import client_for, run_login, splice_all, wait_stored
 from helpers import paging
 
 DATA = os.urandom(100_000)
@@ -170,6 +170,25 @@ def test_range_modes(emulator_factory, tmp_path, mode):
         assert c.read("/home/demo/empty", 0, 10) == b""
         with c.open_stream("/home/demo/empty") as s:
             assert s.read() == b""
+
+
+@pytest.mark.parametrize("mode", ["agave", "rfc", "ignore"])
+def test_streams_splice_the_exact_bytes_into_pipes(emulator_factory, tmp_path, mode):
+    """splice_into moves the body from the socket into a pipe (the server sends with
+    sendfile): the same bytes as read, whatever the server does with ranges, including
+    a whole-file answer skipped through to the offset first."""
+    emu = emulator_factory("--range-mode", mode)
+    home = emu.home()
+    home.mkdir(parents=True, exist_ok=True)
+    big = os.urandom(3 * 1024 * 1024 + 4321)
+    (home / "big.bin").write_bytes(big)
+    with client_for(emu, tmp_path / "cache") as c:
+        for offset, end, step in [(0, None, 1 << 20), (12345, None, 512 * 1024), (1 << 20, 2 << 20, 7777),
+                                  (len(big) - 10, None, 1 << 20), (len(big), None, 4096)]:
+            with c.open_stream("/home/demo/big.bin", offset, end, file_size=len(big)) as s:
+                got = splice_all(s, step)
+            last = len(big) if end is None else end + 1
+            assert got == big[offset:last], (mode, offset, end)
 
 
 def test_max_page_7_lists_everything(emulator_factory, tmp_path):

@@ -17,6 +17,7 @@ from agavefs.client import AgaveClient, Credentials
 from agavefs.errors import (AlreadyExists, AuthError, PermissionDenied, ProtocolError, TimedOut,
                             Transient)
 from client_stub import Stub, entry, wrap
+from client_support import splice_all
 
 DATA = bytes(range(256)) * 40  # 10240 bytes
 LISTING = "/files/v2/listings/system/stub/"
@@ -72,17 +73,66 @@ def test_short_body_is_eio_never_wrong_bytes(stub):
         assert len(stub.seen("GET", MEDIA)) <= 8  # a few resumes, then the error
 
 
-def test_a_dropped_body_is_resumed_from_the_exact_byte(stub):
-    calls = []
+def short_once(calls: list):
+    """A media handler whose first answer drops its last 100 bytes; ``calls`` gets each Range."""
 
     def flaky(req, h):
         calls.append(req.headers.get("range"))
         serve_file(DATA, short=100 if len(calls) == 1 else 0)(req, h)
 
-    stub.route("GET", MEDIA, flaky)
+    return flaky
+
+
+def test_a_dropped_body_is_resumed_from_the_exact_byte(stub):
+    calls = []
+    stub.route("GET", MEDIA, short_once(calls))
     with make_client(stub) as c:
         assert c.read("/home/demo/f", 1000, 5000, file_size=len(DATA)) == DATA[1000:6000]
     assert calls == ["bytes=1000-5999", "bytes=5900-5999"]
+
+
+def test_a_spliced_body_is_resumed_from_the_exact_byte_and_a_short_one_is_eio(stub):
+    calls = []
+    stub.route("GET", MEDIA, short_once(calls))
+    with make_client(stub) as c:
+        with c.open_stream("/home/demo/f", 1000, 5999, file_size=len(DATA)) as s:
+            assert splice_all(s, 4096) == DATA[1000:6000]
+    assert calls == ["bytes=1000-5999", "bytes=5900-5999"]
+    stub.route("GET", MEDIA, serve_file(DATA, short=7))
+    with make_client(stub) as c:
+        with pytest.raises(ProtocolError):
+            with c.open_stream("/home/demo/f", 0, file_size=len(DATA)) as s:
+                splice_all(s, 4096)
+
+
+def test_bodies_that_cannot_be_spliced_are_read(stub):
+    """A chunked body (no length to count) or an encoded one is not spliced: splice_into
+    says None, moves nothing, and read() still gets every byte."""
+    def chunked(req, h):
+        h.send_response(200)
+        h.send_header("Transfer-Encoding", "chunked")
+        h.send_header("Connection", "close")
+        h.end_headers()
+        for i in range(0, len(DATA), 4096):
+            part = DATA[i:i + 4096]
+            h.wfile.write(b"%x\r\n" % len(part) + part + b"\r\n")
+        h.wfile.write(b"0\r\n\r\n")
+        h.close_connection = True
+
+    stub.route("GET", MEDIA, chunked)
+    with make_client(stub) as c:
+        r, w = os.pipe2(os.O_NONBLOCK)
+        try:
+            with c.open_stream("/home/demo/f", 0, file_size=len(DATA)) as s:
+                assert s.splice_into(w, 4096) is None
+                assert s.read() == DATA
+            stub.route("GET", MEDIA, serve_file(DATA))  # identity, Content-Length: spliced
+            with c.open_stream("/home/demo/f", 0, file_size=len(DATA)) as s:
+                assert s.splice_into(w, 4096) == 4096
+                assert os.read(r, 8192) == DATA[:4096]
+        finally:
+            os.close(r)
+            os.close(w)
 
 
 def test_mangled_content_range_falls_back_to_the_whole_file(stub):

@@ -174,3 +174,58 @@ def test_ls_l_shows_the_servers_sizes_times_and_modes(emu, mount_factory):
     for name in ("f07", "f30"):
         s = os.stat(m2.path / "dated" / name)
         assert (s.st_size, s.st_mtime_ns) == want[name]
+
+
+class _ReadVFS:
+    """The VFS as read_buf sees it: each read answers the next of ``answers``."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+
+    def read(self, fh, offset, size, pipes=False):
+        assert pipes  # read_buf takes chunks held in pipes
+        return self.answers.pop(0)
+
+
+def _pipe_data(data: bytes):
+    from agavefs.vfs.pipes import PipeData
+
+    pd = PipeData()
+    for part in (data[:3000], data[3000:]):
+        r, w = os.pipe2(os.O_NONBLOCK)
+        os.write(w, part)
+        os.close(w)
+        pd.segments.append((r, len(part)))
+        pd.size += len(part)
+    return pd
+
+
+def test_read_buf_answers_with_libfuse_buffers_and_closes_handed_pipes():
+    """read_buf hands libfuse a ``struct fuse_bufvec`` it can reply with and free: its
+    buffers inline (libfuse's layout: 64 bytes for one buffer on 64-bit, where
+    mfusepy's own type has a pointer), bytes in one malloc'd buffer, a chunk held in
+    pipes as one descriptor buffer a pipe; the pipes are closed at the thread's next
+    read_buf, when libfuse has spliced them on."""
+    assert ctypes.sizeof(fuse_ops._bufvec_type(1)) == 24 + ctypes.sizeof(fuse.fuse_buf) == 64
+    data = os.urandom(10000)
+    piped = _pipe_data(data)
+    ops = fuse_ops.AgaveOperations(_ReadVFS([piped, data[:5000]]))
+    bufpp = ctypes.pointer(fuse.fuse_bufvec_p())
+    assert ops.read_buf("/f", bufpp, 10000, 0, 7) == 0
+    vec = fuse_ops._bufvec_type(2).from_address(ctypes.addressof(bufpp.contents.contents))
+    assert (vec.count, vec.idx, vec.off) == (2, 0, 0)
+    got = b""
+    for buf, (fd, n) in zip(vec.buf, piped.segments):
+        assert (buf.flags, buf.fd, buf.size, buf.mem) == (fuse_ops.FUSE_BUF_IS_FD, fd, n, None)
+        got += os.read(buf.fd, buf.size)
+    assert got == data
+    fuse_ops._libc.free(ctypes.cast(bufpp.contents, ctypes.c_void_p))
+
+    assert ops.read_buf("/f", bufpp, 5000, 0, 7) == 0  # bytes; the pipes handed before are closed
+    assert piped.segments == []
+    vec = fuse_ops._bufvec_type(1).from_address(ctypes.addressof(bufpp.contents.contents))
+    buf = vec.buf[0]
+    assert (vec.count, buf.flags, buf.size) == (1, 0, 5000)
+    assert ctypes.string_at(buf.mem, buf.size) == data[:5000]
+    fuse_ops._libc.free(buf.mem)
+    fuse_ops._libc.free(ctypes.cast(bufpp.contents, ctypes.c_void_p))

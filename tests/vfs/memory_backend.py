@@ -4,10 +4,13 @@ staging delay, rename/move refuse an existing target, delete is recursive.
 Failure injection: ``fail_next[op] = n`` makes the next n calls of ``op`` raise
 Transient; ``lose_next_staging`` makes the next upload never land; ``refuse_session``
 makes every call raise AuthError (a dead session) until it is cleared (a new login).
+``splicing=True``: streams also have ``splice_into`` (as a plain HTTP body does), which
+moves at most ``SPLICE_PIECE`` bytes a call, as a pipe that fills up early.
 """
 
 from __future__ import annotations
 
+import os
 import posixpath
 import threading
 import time
@@ -29,10 +32,26 @@ class _Stream:
         pass
 
 
+class _SplicingStream(_Stream):
+    SPLICE_PIECE = 300_000
+
+    def splice_into(self, fd: int, n: int) -> int:
+        out = self.data[self.pos:self.pos + min(n, self.SPLICE_PIECE)]
+        if not out:
+            return 0
+        try:
+            k = os.write(fd, out)
+        except BlockingIOError:
+            return 0
+        self.pos += k
+        return k
+
+
 class MemoryBackend:
     synchronous_upload = False
 
-    def __init__(self, staging_delay: float = 0.0):
+    def __init__(self, staging_delay: float = 0.0, splicing: bool = False):
+        self.splicing = splicing
         self.lock = threading.RLock()
         self.files: dict[str, bytes] = {}
         self.dirs: set[str] = {"/"}
@@ -119,7 +138,7 @@ class MemoryBackend:
         with self.lock:
             if path not in self.files:
                 raise NotFound(path)
-            return _Stream(self.files[path][offset:])
+            return (_SplicingStream if self.splicing else _Stream)(self.files[path][offset:])
 
     def upload(self, local_path, dir_path, name, progress=None):
         self._call("upload")

@@ -11,14 +11,15 @@ import concurrent.futures
 import os
 import random
 
+from agavefs.vfs.pipes import PipeData
 from agavefs.vfs.reader import CHUNK, ReadBudget, RemoteReader
 from memory_backend import MemoryBackend
 
 MiB = 1 << 20
 
 
-def make(data: bytes, window_max=32 * MiB):
-    backend = MemoryBackend()
+def make(data: bytes, window_max=32 * MiB, splicing=False):
+    backend = MemoryBackend(splicing=splicing)
     backend.files["/f"] = data
     return backend, RemoteReader(backend, "/f", len(data), window_min=MiB, window_max=window_max,
                                  budget=ReadBudget(64 * MiB), timeout=10)
@@ -118,3 +119,58 @@ def test_reads_far_behind_the_window_are_seeks_that_end_the_stream():
     assert reader._prefetch is None  # two: the stream is closed
     reader.close()
     assert backend.calls.get("stream") == 1 and backend.calls.get("read") == 2
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def as_bytes(data) -> bytes:
+    return data.take_bytes() if isinstance(data, PipeData) else data
+
+
+def test_whole_chunks_held_in_pipes_are_handed_over_once_and_parts_read_as_bytes():
+    """A stream that can splice fills the window with pipes: a read of exactly one
+    chunk gets them (read once; the same chunk again is read by range), a read of part
+    of a chunk or across two gets bytes, and no pipe outlives its reader."""
+    data = os.urandom(8 * CHUNK + 777)
+    before = open_fds()
+    backend, reader = make(data, splicing=True)
+    first = reader.read(0, CHUNK, pipes=True)
+    assert isinstance(first, PipeData) and len(first) == CHUNK
+    assert len(first.segments) == 2  # the first pipe "filled up" at SPLICE_PIECE bytes
+    assert first.take_bytes() == data[:CHUNK]
+    assert reader.read(0, CHUNK, pipes=True) == data[:CHUNK]  # handed out already: by range
+    assert backend.calls.get("read") == 1
+    assert reader.read(CHUNK + 10, 100, pipes=True) == data[CHUNK + 10:CHUNK + 110]
+    assert reader.read(2 * CHUNK - 50, 100, pipes=True) == data[2 * CHUNK - 50:2 * CHUNK + 50]
+    assert reader.read(3 * CHUNK, CHUNK) == data[3 * CHUNK:4 * CHUNK]  # no pipes wanted: bytes
+    got = bytearray(data[:4 * CHUNK])
+    while len(got) < len(data):
+        got += as_bytes(reader.read(len(got), CHUNK, pipes=True))
+    assert bytes(got) == data
+    reader.close()
+    assert backend.calls.get("stream") == 1 and backend.calls.get("read") == 1
+    assert open_fds() == before
+
+
+def test_concurrent_reordered_reads_from_pipes_never_return_short_or_wrong_bytes():
+    data = os.urandom(24 * MiB + 5)
+    before = open_fds()
+    backend, reader = make(data, splicing=True)
+    assert as_bytes(reader.read(0, CHUNK, pipes=True)) == data[:CHUNK]
+    rng = random.Random(5)
+    offsets, off = [], CHUNK
+    while off < len(data):  # mostly whole chunks, some parts of one, some across two
+        size = rng.choice([CHUNK, CHUNK, CHUNK, 4096, CHUNK // 3 + 1])
+        offsets.append((off, size))
+        off += size
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        for i in range(0, len(offsets), 16):
+            batch = offsets[i:i + 16]
+            rng.shuffle(batch)
+            futures = {o: pool.submit(lambda o=o: as_bytes(reader.read(o[0], o[1], pipes=True))) for o in batch}
+            for (o, size), fut in futures.items():
+                assert fut.result(timeout=30) == data[o:o + size], o
+    reader.close()
+    assert open_fds() == before
