@@ -336,26 +336,30 @@ class ReadStream:
                     or buffered is None or not isinstance(sock, socket.socket)
                     or isinstance(sock, ssl.SSLSocket)):
                 return None
-            self._splice = (sock, buffered, None)  # None: the parser's bytes not yet taken
+            self._splice = (sock, buffered, False)  # False: the parser may hold body bytes
         return self._splice[0] if self._splice else None
 
     def _splice_body(self, sock, fd: int, n: int) -> int | None:
         """Up to ``n`` body bytes into the pipe ``fd``: how many (0 at the body's end),
         None if the pipe is full.  Raises _BodyError when the connection fails."""
-        sock, buffered, head = self._splice
+        sock, buffered, drained = self._splice
         try:
-            if head is None:  # the bytes the parser read past the headers come first
-                head = buffered.peek(1)[:self._owed] if self._owed else b""
-                if head:
-                    head = buffered.read(len(head))
-                self._splice = (sock, buffered, head)
-            if head:
-                try:
-                    k = os.write(fd, head[:n])
-                except BlockingIOError:
-                    return None
-                self._splice = (sock, buffered, head[k:])
-                return k
+            if not drained:
+                # the bytes the parser holds (read past the headers, or past a read()'s
+                # end) come first; they leave it only once in the pipe.  peek() returns
+                # all it holds, or reads some if it holds none
+                held = buffered.peek(1)
+                if held:
+                    try:
+                        k = os.write(fd, held[:n])
+                    except BlockingIOError:
+                        return None
+                    buffered.read(k)
+                    if k < len(held):
+                        return k
+                self._splice = (sock, buffered, True)
+                if held:
+                    return len(held)
             timeout = sock.gettimeout()
             wait = -1 if timeout is None else max(1, int(timeout * 1000))
             while True:
@@ -376,6 +380,8 @@ class ReadStream:
             if n <= 0:
                 return b""
         raw = self._resp.raw
+        if self._splice:  # a read through the parser may leave bytes in its buffer
+            self._splice = self._splice[:2] + (False,)
         try:
             if not self._encoded:
                 # identity body: one read of n bytes straight from the socket into a

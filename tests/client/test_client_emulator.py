@@ -189,6 +189,30 @@ def test_streams_splice_the_exact_bytes_into_pipes(emulator_factory, tmp_path, m
                 got = splice_all(s, step)
             last = len(big) if end is None else end + 1
             assert got == big[offset:last], (mode, offset, end)
+        # splicing and reading one stream in turns (a reader whose pipes ran out)
+        r, w = os.pipe2(os.O_NONBLOCK)
+        try:
+            with c.open_stream("/home/demo/big.bin", 1000, file_size=len(big)) as s:
+                parts, pos = [], 1000
+                for i in range(12):
+                    if i % 3 == 2:
+                        part = s.read(100_000)
+                    else:
+                        n = s.splice_into(w, 100_000)
+                        part = b"".join(iter(lambda: os.read(r, 1 << 20) if _readable(r) else b"", b""))
+                        assert len(part) == n
+                    parts.append(part)
+                    pos += len(part)
+                parts.append(s.read())
+            assert b"".join(parts) == big[1000:], mode
+        finally:
+            os.close(r)
+            os.close(w)
+
+
+def _readable(fd: int) -> bool:
+    import select
+    return bool(select.select([fd], [], [], 0)[0])
 
 
 def test_max_page_7_lists_everything(emulator_factory, tmp_path):
