@@ -391,11 +391,7 @@ class AgaveOperations(fuse.Operations):
         return self.vfs.open(path, flags)
 
     @translated
-    def read(self, path, size, offset, fh):
-        return self.vfs.read(fh, offset, size)
-
-    @translated
-    def read_buf(self, path, bufpp, size, offset, fh):
+    def read_buf(self, path, bufpp, size, offset, fh):  # libfuse's read (there is no plain read)
         _close_handed_pipes()
         data = self.vfs.read(fh, offset, size, pipes=True)
         try:

@@ -110,8 +110,9 @@ class ReadStream:
         self._stalled = 0
         self._resumes = 0
         self._closed = False
-        # the current response's socket and the bytes its parser holds past the headers,
-        # once it is spliced from (splice_into); None: not yet looked at, False: cannot
+        # splice_into's view of the current response: (socket, the parser's buffered
+        # reader, whether that reader is known to hold no body bytes); None: not yet
+        # looked at, False: its body cannot be spliced
         self._splice: tuple | bool | None = None
 
     # -- public -------------------------------------------------------------------------
@@ -171,7 +172,7 @@ class ReadStream:
             if sock is None:
                 return moved or None
             try:
-                got = self._splice_body(sock, fd, want if self._owed is None else min(want, self._owed))
+                got = self._splice_body(sock, fd, min(want, self._owed))  # known: _splice_socket
             except _BodyError as exc:
                 self._resume(str(exc))
                 continue
