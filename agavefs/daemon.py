@@ -236,7 +236,7 @@ def fuse_options(args, info: dict, extra: list[str]) -> dict:
         "default_permissions": True,
         "max_threads": FUSE_THREADS,
         "noatime": True,
-        "max_read": CHUNK,  # fuse_ops.MAX_READ: one read-ahead chunk a request
+        "max_read": CHUNK,  # one read-ahead chunk a request (also set at init: fuse_ops.py)
     }
     if args.read_only:
         kw["ro"] = True

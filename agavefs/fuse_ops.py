@@ -186,9 +186,6 @@ def pinned_threads() -> int:
 
 # -- read_buf: replies as libfuse buffers ----------------------------------------------
 FUSE_CAP_SPLICE_WRITE = 1 << 7
-# the largest read the kernel sends: one read-ahead chunk, which fits with its reply
-# header in one pipe of /proc/sys/fs/pipe-max-size (1 MiB), so libfuse can splice it
-MAX_READ = CHUNK
 FUSE_BUF_IS_FD = 1 << 1
 _libc = ctypes.CDLL(None)
 _libc.malloc.restype = ctypes.c_void_p
@@ -295,7 +292,9 @@ class AgaveOperations(fuse.Operations):
             config_3.nullpath_ok = 1
         if conn_info is not None:  # read_buf's chunks held in pipes are spliced on to the kernel
             conn_info.want |= conn_info.capable & FUSE_CAP_SPLICE_WRITE
-            conn_info.max_read = MAX_READ  # libfuse insists it equals the max_read mount option
+            # the largest read the kernel sends: one read-ahead chunk (vfs/reader.py); libfuse
+            # insists it equals the max_read mount option (daemon.fuse_options)
+            conn_info.max_read = CHUNK
         if self._on_init is not None:
             self._on_init()
 

@@ -42,6 +42,11 @@ class Staging(enum.Enum):
 
 
 class ReadStream(Protocol):
+    """A stream may also have ``splice_into(fd, n) -> int | None``: move up to ``n``
+    bytes into the non-blocking pipe ``fd`` without a copy through Python (fewer when
+    the pipe is full, 0 at the end, None if it cannot: use ``read``).  The read-ahead
+    then keeps its chunks in pipes (pipes.py); a stream without it is read."""
+
     def read(self, n: int) -> bytes: ...  # short only at the end
 
     def close(self) -> None: ...

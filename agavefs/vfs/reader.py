@@ -228,23 +228,23 @@ class Prefetch:
         was handed out (a PipeData is read once)."""
         first, last = offset // CHUNK, (end - 1) // CHUNK
         if first == last:
-            chunk = self._chunk(first, keep=not pipes)
+            chunk = self._chunks.get(first)
             if chunk is None:
                 return None
             cstop = min((first + 1) * CHUNK, self.file_size)
             base = cstop - len(chunk)  # a chunk ends at a boundary or at EOF
-            if offset == base and end == cstop:
-                if isinstance(chunk, PipeData):  # handed out whole: the window lets go of it
-                    del self._chunks[first]
-                    self.budget.give(len(chunk))
-                    self._held -= len(chunk)
-                return chunk  # the common case: one aligned kernel request, no copy
-            if isinstance(chunk, PipeData):
-                chunk = self._chunk(first, keep=True)
-            return chunk[offset - base:end - base]
+            whole = offset == base and end == cstop
+            if whole and pipes and isinstance(chunk, PipeData):  # handed out: the window lets go of it
+                del self._chunks[first]
+                self.budget.give(len(chunk))
+                self._held -= len(chunk)
+                return chunk
+            chunk = self._chunk(first)
+            # the common case: one aligned kernel request answered with the chunk, no copy
+            return chunk if whole else chunk[offset - base:end - base]
         parts = []
         for i in range(first, last + 1):
-            chunk = self._chunk(i, keep=True)
+            chunk = self._chunk(i)
             if chunk is None:
                 return None
             cstop = min((i + 1) * CHUNK, self.file_size)
@@ -252,11 +252,11 @@ class Prefetch:
             parts.append(chunk[max(offset, base) - base:min(end, cstop) - base])
         return b"".join(parts)
 
-    def _chunk(self, index: int, keep: bool) -> bytes | PipeData | None:
-        """Call with _cond held: chunk ``index`` (None if handed out); with ``keep``, as
-        bytes (a chunk in pipes is read out and kept as bytes: reads of parts of it)."""
+    def _chunk(self, index: int) -> bytes | None:
+        """Call with _cond held: chunk ``index`` as bytes (one held in pipes is read out
+        and kept as bytes), None if handed out."""
         chunk = self._chunks.get(index)
-        if keep and isinstance(chunk, PipeData):
+        if isinstance(chunk, PipeData):
             chunk = self._chunks[index] = chunk.take_bytes()
         return chunk
 
