@@ -11,7 +11,8 @@ read cost one small request and nothing more.
 A read that continues the previous one, or a first read of a whole CHUNK at
 offset 0 (only a sequential reader asks for that much at once: the kernel's first
 read-ahead for a small read is a few pages), starts a ``Prefetch``: one streaming GET
-from that offset to EOF, drained by a background thread into a window of chunks
+from that offset to EOF (from 0 when the first read is the whole second chunk: the
+kernel sends the first two chunks at once and either may come first), drained by a background thread into a window of chunks
 that grows (``readahead_min`` doubling to ``readahead_max``) whenever the reader
 catches up with it.  The kernel sends concurrent, possibly reordered reads for one
 sequential reader, so the window is addressed by offset, keeps a little data behind
@@ -288,6 +289,17 @@ class Prefetch:
             self._cond.notify_all()
 
 
+def _opens_a_sequential_read(offset: int, size: int, file_size: int) -> bool:
+    """Is a handle's first read one of the kernel's first read-ahead for a sequential
+    reader: a whole chunk at offset 0, or the whole second chunk (to EOF in a smaller
+    file)?  The kernel sends the first MiB as two reads at once, and FUSE threads may
+    take the second one first: read by range, it cost a request of its own and its
+    bytes came again in the stream that the read at 0 started (1 in 8 cold reads)."""
+    if offset == 0:
+        return size >= CHUNK
+    return offset == CHUNK and (size >= CHUNK or offset + size == file_size)
+
+
 class MemoryReader:
     """Reads of one open handle on a remote file whose bytes are already here (fetched
     ahead by siblings.py): no request."""
@@ -338,8 +350,8 @@ class RemoteReader:
             # the start (cp, dd, cat: a small first read, as a probe or `head` makes,
             # stays one exact ranged request)
             if prefetch is None and (offset == self._last_end or (
-                    offset == 0 and self._last_end is None and size >= CHUNK)):
-                prefetch = self._prefetch = self._start(offset)
+                    self._last_end is None and _opens_a_sequential_read(offset, size, self.size))):
+                prefetch = self._prefetch = self._start(0 if self._last_end is None else offset)
         if prefetch is not None:
             try:
                 data = prefetch.get(offset, size, pipes)

@@ -174,3 +174,35 @@ def test_concurrent_reordered_reads_from_pipes_never_return_short_or_wrong_bytes
                 assert fut.result(timeout=30) == data[o:o + size], o
     reader.close()
     assert open_fds() == before
+
+
+def test_the_second_chunk_read_first_starts_the_stream_from_the_start():
+    """The kernel sends a sequential reader's first two chunks at once, and FUSE threads
+    may take the second first: one stream from 0 serves both (a ranged read of the second
+    chunk was a request of its own, and its bytes came again in the stream)."""
+    data = os.urandom(6 * CHUNK + 99)
+    backend, reader = make(data)
+    assert reader.read(CHUNK, CHUNK) == data[CHUNK:2 * CHUNK]
+    assert reader.read(0, CHUNK) == data[:CHUNK]
+    offset = 2 * CHUNK
+    while offset < len(data):
+        assert reader.read(offset, CHUNK) == data[offset:offset + CHUNK]
+        offset += CHUNK
+    reader.close()
+    assert backend.calls.get("stream") == 1 and not backend.calls.get("read")
+    # in a file of less than two chunks, the second read ends at EOF
+    small = os.urandom(CHUNK + 1000)
+    backend, reader = make(small)
+    assert reader.read(CHUNK, CHUNK) == small[CHUNK:]
+    assert reader.read(0, CHUNK) == small[:CHUNK]
+    reader.close()
+    assert backend.calls.get("stream") == 1 and not backend.calls.get("read")
+
+
+def test_a_first_read_elsewhere_stays_one_ranged_request():
+    data = os.urandom(8 * CHUNK)
+    for offset, size in ((CHUNK, 16384), (2 * CHUNK, CHUNK), (CHUNK + 4096, CHUNK)):
+        backend, reader = make(data)
+        assert reader.read(offset, size) == data[offset:offset + size]
+        reader.close()
+        assert backend.calls.get("read") == 1 and not backend.calls.get("stream"), (offset, size)
