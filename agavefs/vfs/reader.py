@@ -8,24 +8,25 @@ not continue the previous one, is a single ranged request for exactly the bytes
 asked (clamped to the file size): a thumbnailer's first bytes or a random 4 KiB
 read cost one small request and nothing more.
 
-A read that continues the previous one, or a first read of a whole CHUNK at
-offset 0 (only a sequential reader asks for that much at once: the kernel's first
-read-ahead for a small read is a few pages), starts a ``Prefetch``: one streaming GET
-from that offset to EOF (from 0 when the first read is the whole second chunk: the
-kernel sends the first two chunks at once and either may come first), drained by a background thread into a window of chunks
-that grows (``readahead_min`` doubling to ``readahead_max``) whenever the reader
-catches up with it.  The kernel sends concurrent, possibly reordered reads for one
-sequential reader, so the window is addressed by offset, keeps a little data behind
-the furthest read, and a read ahead of the fetched part waits for it instead of
-opening a new request; a read whose bytes were trimmed away while it waited (by a
-read further ahead) falls back to a ranged read.  So does a read a little behind the
-window (a straggler of the kernel's read-ahead, which keeps up to ``read_ahead_kb`` of reads
-in flight: with 4 MiB, some came more than KEEP_BEHIND late), without counting
-against the stream; and the window keeps that much more behind from then on (up to
-KEEP_BEHIND_MAX), so the next stragglers find their bytes (a sequential read of 1 GiB
-with read_ahead_kb 4096: 64-311 GETs before, 4 now).  Reads far ahead of the window,
-or further behind than KEEP_BEHIND_MAX, count as misses; two in a row close the
-stream (the reader has become random).
+A read that continues the previous one, or a first read of a whole CHUNK at offset 0
+(only a sequential reader asks for that much at once: the kernel's first read-ahead
+for a small read is a few pages), starts a ``Prefetch``: one streaming GET from that
+offset to EOF (from 0 when the first read is the whole second chunk: the kernel sends
+the first two chunks at once and either may come first), drained by a background
+thread into a window of chunks that grows (``readahead_min`` doubling to
+``readahead_max``) whenever the reader catches up with it.  The kernel sends
+concurrent, possibly reordered reads for one sequential reader, so the window is
+addressed by offset, keeps a little data behind the furthest read, and a read ahead of
+the fetched part waits for it instead of opening a new request; a read whose bytes
+were trimmed away while it waited (by a read further ahead) falls back to a ranged
+read.  So does a read a little behind the window (a straggler of the kernel's
+read-ahead, which keeps up to ``read_ahead_kb`` of reads in flight: with 4 MiB, some
+came more than KEEP_BEHIND late), without counting against the stream; and the window
+keeps that much more behind from then on (up to KEEP_BEHIND_MAX), so the next
+stragglers find their bytes (a sequential read of 1 GiB with read_ahead_kb 4096:
+64-311 GETs before, 4 now).  Reads far ahead of the window, or further behind than
+KEEP_BEHIND_MAX, count as misses; two in a row close the stream (the reader has become
+random).
 
 Cost per byte matters here (a FUSE read path in Python is CPU-bound): chunks are
 CHUNK (512 KiB, the largest kernel read: the mount's max_read) and aligned to
@@ -294,7 +295,9 @@ def _opens_a_sequential_read(offset: int, size: int, file_size: int) -> bool:
     reader: a whole chunk at offset 0, or the whole second chunk (to EOF in a smaller
     file)?  The kernel sends the first MiB as two reads at once, and FUSE threads may
     take the second one first: read by range, it cost a request of its own and its
-    bytes came again in the stream that the read at 0 started (1 in 8 cold reads)."""
+    bytes came again in the stream that the read at 0 started (1 in 8 cold reads).  A
+    random reader whose first read is exactly that chunk pays a stream instead of a
+    range: at most ``readahead_min`` fetched, and two misses close it."""
     if offset == 0:
         return size >= CHUNK
     return offset == CHUNK and (size >= CHUNK or offset + size == file_size)
