@@ -236,12 +236,13 @@ class Prefetch:
             cstop = min((first + 1) * CHUNK, self.file_size)
             base = cstop - len(chunk)  # a chunk ends at a boundary or at EOF
             whole = offset == base and end == cstop
-            if whole and pipes and isinstance(chunk, PipeData):  # handed out: the window lets go of it
-                del self._chunks[first]
-                self.budget.give(len(chunk))
-                self._held -= len(chunk)
-                return chunk
-            chunk = self._chunk(first)
+            if isinstance(chunk, PipeData):
+                if whole and pipes:  # handed out: the window lets go of it
+                    del self._chunks[first]
+                    self.budget.give(len(chunk))
+                    self._held -= len(chunk)
+                    return chunk
+                chunk = self._chunks[first] = chunk.take_bytes()  # kept as bytes from now on
             # the common case: one aligned kernel request answered with the chunk, no copy
             return chunk if whole else chunk[offset - base:end - base]
         parts = []
@@ -349,9 +350,9 @@ class RemoteReader:
     def _read(self, offset: int, size: int, pipes: bool) -> bytes | PipeData:
         with self._lock:
             prefetch = self._prefetch
-            # a read continuing the previous one, or a first read of a whole chunk from
-            # the start (cp, dd, cat: a small first read, as a probe or `head` makes,
-            # stays one exact ranged request)
+            # a read continuing the previous one, or a first read of the kernel's first
+            # read-ahead (cp, dd, cat: _opens_a_sequential_read; a small first read, as a
+            # probe or `head` makes, stays one exact ranged request)
             if prefetch is None and (offset == self._last_end or (
                     self._last_end is None and _opens_a_sequential_read(offset, size, self.size))):
                 prefetch = self._prefetch = self._start(0 if self._last_end is None else offset)
